@@ -1,0 +1,27 @@
+"""asl-jax: Asymmetric Loss for multi-label classification in JAX.
+
+The library: pure, jit-able losses with a hand-written gradient (`asymmetric_loss`,
+`asymmetric_loss_single_label`), reductions and partial labels, the paper's probability analysis and
+adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-label metrics papers report
+(`asl_jax.metrics`). It needs only jax and optax.
+"""
+
+from asl_jax.adaptive import ProbabilityStats, probability_stats, update_gamma_neg
+from asl_jax.losses import (
+    asymmetric_loss,
+    asymmetric_loss_single_label,
+    partial_labels,
+    reduce_loss,
+)
+
+__all__ = [
+    "ProbabilityStats",
+    "asymmetric_loss",
+    "asymmetric_loss_single_label",
+    "partial_labels",
+    "probability_stats",
+    "reduce_loss",
+    "update_gamma_neg",
+]
+
+__version__ = "0.1.0"
