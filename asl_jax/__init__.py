@@ -6,6 +6,7 @@ adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-labe
 (`asl_jax.metrics`). It needs only jax and optax.
 """
 
+from asl_jax import metrics
 from asl_jax.adaptive import ProbabilityStats, probability_stats, update_gamma_neg
 from asl_jax.losses import (
     asymmetric_loss,
@@ -18,6 +19,7 @@ __all__ = [
     "ProbabilityStats",
     "asymmetric_loss",
     "asymmetric_loss_single_label",
+    "metrics",
     "partial_labels",
     "probability_stats",
     "reduce_loss",
