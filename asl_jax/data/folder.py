@@ -1,0 +1,407 @@
+"""``folder``: the user's own tagged images, listed in two CSV files.
+
+Layout (the format of Kaggle's Planet dataset)::
+
+    DIR/train.csv        image,labels
+                         photos/0001.jpg,cat sofa
+                         photos/0002.png,dog
+    DIR/val.csv          same header and format
+    DIR/classes.txt      optional: one class per line, fixes the class order
+
+* ``image`` is a path relative to ``DIR`` (absolute paths work too); JPEG, PNG or anything Pillow
+  reads, any size. Greyscale, palette and CMYK images are converted to RGB; transparent images are
+  composited on white. EXIF orientation is applied. Images are squish-resized to
+  ``image_size × image_size`` (bilinear, antialiased), as in the official ASL recipe.
+* ``labels`` are separated by spaces; an empty field is allowed (an image with no positive label).
+  Quote the field if a label contains a comma.
+* Class order: ``classes.txt`` when present (then a training label outside it is an error),
+  otherwise the sorted union of the training labels. A validation label that is not a class is an
+  error, or (``allow_unknown_val_labels``) ignored with a warning.
+
+Before anything trains, **every row is checked** and every problem is reported with its CSV file
+and line: malformed or empty rows, missing files, unreadable or corrupt images, unknown classes.
+``skip_bad_rows=True`` skips those rows instead and logs how many (``source.skipped``).
+
+Decoding: the check decodes every image once (in a thread pool; Pillow releases the GIL while
+decoding, and JPEGs are decoded at reduced scale with ``draft``). When the decoded split fits in
+``memory_limit_bytes`` the images stay in memory; otherwise they are decoded again per batch by
+the thread pool, with batches prefetched in the background.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from asl_jax.data.base import IndexedSource, check_split
+
+logger = logging.getLogger(__name__)
+
+#: Decoded images are kept in memory up to this many bytes (both splits together).
+DEFAULT_MEMORY_LIMIT_BYTES = 2 << 30
+CSV_FILES = {"train": "train.csv", "val": "val.csv"}
+#: Checking at least this many images shows a progress bar (when tqdm is installed).
+_PROGRESS_MIN_IMAGES = 2000
+HEADER = ("image", "labels")
+
+
+class FolderDataError(ValueError):
+    """The folder dataset has problems; ``problems`` lists them, one ``file:line: message`` each."""
+
+    def __init__(self, message: str, problems: Sequence[str]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+    """Reads an image file as uint8 RGB, squish-resized to ``image_size × image_size``.
+
+    The same function serves training, evaluation and prediction, so a model sees identical
+    preprocessing everywhere.
+
+    Args:
+      path: an image file Pillow can read (JPEG, PNG, ...).
+      image_size: output side in pixels.
+
+    Returns:
+      uint8 array [image_size, image_size, 3].
+
+    Raises:
+      OSError (or another Pillow error): the file is missing, not an image, or corrupt.
+
+    Example:
+      >>> load_image("photos/0001.jpg", 224).shape  # doctest: +SKIP
+      (224, 224, 3)
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        # JPEG only: decode at a reduced scale (1/2, 1/4, 1/8) that is still >= the target size.
+        im.draft("RGB", (image_size, image_size))
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _to_rgb(im):
+    from PIL import Image
+
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels often hold black; white is the usual background of such images.
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im).convert("RGB")
+    if im.mode.startswith("I") or im.mode == "F":
+        # 16-bit / 32-bit greyscale: rescale to 8 bits rather than clipping at 255.
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16"):
+            a = a / 257.0
+        elif a.size and a.max() > 255:
+            a = a / a.max() * 255.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+@dataclasses.dataclass
+class _Row:
+    line: int
+    image: str  # as written in the CSV
+    path: str  # resolved
+    labels: tuple[str, ...]
+
+
+def _parse_csv(directory: str, split: str) -> tuple[list[_Row], list[str], list[str]]:
+    """Returns (rows that parsed, row problems, fatal file-level problems)."""
+    name = CSV_FILES[split]
+    rows: list[_Row] = []
+    problems: list[str] = []
+    fatal: list[str] = []
+    with open(os.path.join(directory, name), newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            fatal.append(f"{name}:1: the file is empty (expected the header 'image,labels').")
+            return rows, problems, fatal
+        if tuple(h.strip().lower() for h in header) != HEADER:
+            fatal.append(f"{name}:1: the header must be 'image,labels', got {','.join(header)!r}.")
+        for record in reader:
+            line = reader.line_num
+            fields = [field.strip() for field in record]
+            if not any(fields):
+                problems.append(f"{name}:{line}: empty row.")
+                continue
+            if len(fields) != 2:
+                problems.append(
+                    f"{name}:{line}: expected 2 fields (image,labels), got {len(fields)}: "
+                    f"{','.join(record)!r} (quote the labels field if a label contains a comma)."
+                )
+                continue
+            image, labels = fields
+            if not image:
+                problems.append(f"{name}:{line}: the image path is empty.")
+                continue
+            path = os.path.normpath(os.path.join(directory, os.path.expanduser(image)))
+            rows.append(_Row(line, image, path, tuple(dict.fromkeys(labels.split()))))
+    return rows, problems, fatal
+
+
+def _read_classes(directory: str) -> tuple[list[str] | None, list[str]]:
+    path = os.path.join(directory, "classes.txt")
+    if not os.path.isfile(path):
+        return None, []
+    classes: list[str] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if len(name.split()) != 1 or "," in name:
+                problems.append(
+                    f"classes.txt:{line_no}: {name!r} cannot be a label "
+                    "(labels are separated by spaces and cannot contain commas)."
+                )
+            elif name in seen:
+                problems.append(
+                    f"classes.txt:{line_no}: duplicate class {name!r} (first on line {seen[name]})."
+                )
+            else:
+                seen[name] = line_no
+                classes.append(name)
+    if not classes and not problems:
+        problems.append("classes.txt: no classes listed.")
+    return classes, problems
+
+
+def _check_image(path: str, image_size: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_image(path, image_size), None
+    except FileNotFoundError:
+        return None, "not found"
+    except Exception as e:  # Pillow raises many types for corrupt files; report them all.
+        return None, f"cannot read the image ({type(e).__name__}: {e})"
+
+
+class FolderSource(IndexedSource):
+    """The user's own dataset (see the module docstring for the format).
+
+    Args:
+      path: the directory holding ``train.csv``, ``val.csv`` and optionally ``classes.txt``.
+      image_size: side of the (squish-resized) images.
+      skip_bad_rows: skip problematic rows (and log how many) instead of raising.
+      allow_unknown_val_labels: ignore validation labels that are not classes (with a warning).
+      num_workers: decoding threads (default: ``min(32, cpu_count + 4)``).
+      memory_limit_bytes: keep decoded images in memory when they fit in this budget.
+
+    Attributes (beyond the protocol):
+      skipped: ``{"train": n, "val": m}`` rows skipped (with ``skip_bad_rows``).
+      problems: the problems found (``file:line: message``), also when they were skipped.
+      in_memory: whether the decoded images are kept in memory.
+
+    Raises:
+      FolderDataError: (a ValueError) listing every problem with file and line.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        image_size: int,
+        skip_bad_rows: bool = False,
+        allow_unknown_val_labels: bool = False,
+        num_workers: int | None = None,
+        memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+    ) -> None:
+        directory = os.path.abspath(os.path.expanduser(path))
+        for name in CSV_FILES.values():
+            if not os.path.isfile(os.path.join(directory, name)):
+                raise ValueError(
+                    f"data.path={path!r} has no {name} (expected train.csv and val.csv with the "
+                    "header 'image,labels')."
+                )
+        self.name = "folder"
+        self.image_size = int(image_size)
+        self.directory = directory
+        self._workers = num_workers or min(32, (os.cpu_count() or 1) + 4)
+
+        fatal: list[str] = []
+        bad: dict[str, dict[int, list[str]]] = {"train": {}, "val": {}}  # split -> row -> msgs
+        rows: dict[str, list[_Row]] = {}
+        parse_problems: list[str] = []
+        for split in CSV_FILES:
+            rows[split], problems, file_fatal = _parse_csv(directory, split)
+            parse_problems += problems
+            fatal += file_fatal
+
+        classes, class_problems = _read_classes(directory)
+        fatal += class_problems
+        if classes is None:
+            classes = sorted({label for row in rows["train"] for label in row.labels})
+        class_set = set(classes)
+
+        def flag(split: str, i: int, message: str) -> None:
+            bad[split].setdefault(i, []).append(message)
+
+        for i, row in enumerate(rows["train"]):
+            unknown = [label for label in row.labels if label not in class_set]
+            if unknown:
+                flag("train", i, f"unknown class(es) {unknown} (not in classes.txt).")
+        ignored: dict[str, int] = {}
+        for i, row in enumerate(rows["val"]):
+            unknown = [label for label in row.labels if label not in class_set]
+            if not unknown:
+                continue
+            if allow_unknown_val_labels:
+                for label in unknown:
+                    ignored[label] = ignored.get(label, 0) + 1
+                row.labels = tuple(label for label in row.labels if label in class_set)
+            else:
+                flag(
+                    "val",
+                    i,
+                    f"unknown class(es) {unknown}, not among the {len(classes)} classes "
+                    "(set data.allow_unknown_val_labels=True to ignore them).",
+                )
+        if ignored:
+            logger.warning(
+                "folder %s: ignored %d validation labels of unknown classes: %s",
+                directory,
+                sum(ignored.values()),
+                ", ".join(f"{k} ({v})" for k, v in sorted(ignored.items())),
+            )
+
+        # Decode every referenced image once: that is the only reliable corruption check.
+        start = time.perf_counter()
+        unique = sorted({row.path for split_rows in rows.values() for row in split_rows})
+        decoded: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        keep = len(unique) * self.image_size**2 * 3 <= memory_limit_bytes
+        with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
+            results = pool.map(lambda p: _check_image(p, self.image_size), unique)
+            if len(unique) >= _PROGRESS_MIN_IMAGES:
+                results = _progress(results, total=len(unique), desc="checking images")
+            for p, (image, error) in zip(unique, results, strict=True):
+                if error is not None:
+                    errors[p] = error
+                elif keep:
+                    decoded[p] = image
+        elapsed = time.perf_counter() - start
+        logger.info(
+            "folder %s: decoded %d images in %.1f s (%.0f images/s)",
+            directory,
+            len(unique),
+            elapsed,
+            len(unique) / max(elapsed, 1e-9),
+        )
+        for split, split_rows in rows.items():
+            for i, row in enumerate(split_rows):
+                if row.path in errors:
+                    where = row.image if row.image == row.path else f"{row.image} ({row.path})"
+                    flag(split, i, f"image {where}: {errors[row.path]}")
+
+        problems = list(parse_problems)
+        for split, split_rows in rows.items():
+            for i, messages in bad[split].items():
+                problems += [f"{CSV_FILES[split]}:{split_rows[i].line}: {m}" for m in messages]
+        problems.sort(key=_problem_order)
+        self.problems = fatal + problems
+        if fatal or (problems and not skip_bad_rows):
+            hint = "" if fatal else " (fix them, or set data.skip_bad_rows=True to skip these rows)"
+            raise FolderDataError(
+                f"folder dataset {directory}: {len(self.problems)} problem(s){hint}:\n  "
+                + "\n  ".join(self.problems),
+                self.problems,
+            )
+
+        self.skipped = {}
+        self._rows: dict[str, list[_Row]] = {}
+        for split, split_rows in rows.items():
+            bad_parse = sum(p.startswith(CSV_FILES[split] + ":") for p in parse_problems)
+            self.skipped[split] = bad_parse + len(bad[split])
+            self._rows[split] = [r for i, r in enumerate(split_rows) if i not in bad[split]]
+            if not self._rows[split]:
+                raise FolderDataError(
+                    f"folder dataset {directory}: {CSV_FILES[split]} has no usable rows"
+                    + (f" ({self.skipped[split]} skipped)." if self.skipped[split] else "."),
+                    self.problems,
+                )
+        if problems:
+            logger.warning(
+                "folder %s: skipped %d bad rows (train %d, val %d); first: %s",
+                directory,
+                sum(self.skipped.values()),
+                self.skipped["train"],
+                self.skipped["val"],
+                problems[0],
+            )
+        if not classes:
+            raise FolderDataError(
+                f"folder dataset {directory}: no labels in train.csv, so there are no classes "
+                "(or list them in classes.txt).",
+                self.problems,
+            )
+
+        self.class_names = tuple(classes)
+        self.num_classes = len(classes)
+        index = {c: k for k, c in enumerate(classes)}
+        self._labels: dict[str, np.ndarray] = {}
+        self._images: dict[str, np.ndarray] | None = {} if keep else None
+        for split, split_rows in self._rows.items():
+            labels = np.zeros((len(split_rows), self.num_classes), np.float32)
+            for i, row in enumerate(split_rows):
+                labels[i, [index[c] for c in row.labels]] = 1.0
+            self._labels[split] = labels
+            if self._images is not None:
+                self._images[split] = np.stack([decoded[r.path] for r in split_rows])
+        self.in_memory = self._images is not None
+        # Streaming: decode per batch in the thread pool and keep two batches ready.
+        self.prefetch = 0 if self.in_memory else 2
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def num_examples(self, split: str) -> int:
+        """Number of usable rows of ``split``."""
+        return len(self._rows[check_split(split)])
+
+    def image_paths(self, split: str) -> list[str]:
+        """The resolved image paths of ``split``, in row order."""
+        return [row.path for row in self._rows[check_split(split)]]
+
+    def labels(self, split: str) -> np.ndarray:
+        """float32 [N, K] multi-hot labels of ``split``."""
+        return self._labels[check_split(split)]
+
+    def gather(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = self._labels[split][indices]
+        if self._images is not None:
+            return self._images[split][indices], labels
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._workers)
+        rows = self._rows[split]
+        images = list(
+            self._pool.map(lambda i: load_image(rows[i].path, self.image_size), indices.tolist())
+        )
+        return np.stack(images), labels
+
+
+def _progress(iterable, *, total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False)
+
+
+def _problem_order(problem: str) -> tuple[str, int]:
+    name, line, _ = problem.split(":", 2)
+    return name, int(line) if line.isdigit() else 0

@@ -1,0 +1,209 @@
+"""The ``folder`` source: happy path, image modes, class order, and every error case."""
+
+import logging
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+import asl_jax.data as data
+from asl_jax.data.folder import FolderDataError, FolderSource, load_image
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _write_images(root):
+    (root / "img").mkdir()
+    Image.new("RGB", (40, 30), RED).save(root / "img" / "red.jpg", quality=95)
+    Image.new("RGB", (17, 23), GREEN).save(root / "img" / "green.png")
+    Image.new("L", (20, 20), 128).save(root / "img" / "grey.png")
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))  # fully transparent -> white
+    rgba.save(root / "img" / "clear.png")
+    Image.new("RGB", (64, 8), BLUE).convert("P").save(root / "img" / "blue_palette.png")
+    Image.new("L", (12, 12), 200).save(root / "img" / "grey.jpg")
+
+
+def _dataset(root, train_rows, val_rows, classes=None):
+    _write_images(root)
+    (root / "train.csv").write_text("image,labels\n" + "".join(r + "\n" for r in train_rows))
+    (root / "val.csv").write_text("image,labels\n" + "".join(r + "\n" for r in val_rows))
+    if classes is not None:
+        (root / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    return str(root)
+
+
+GOOD_TRAIN = [
+    "img/red.jpg,red warm",
+    "img/green.png,green",
+    "img/grey.png,grey",
+    "img/clear.png,",  # no labels: a negative example
+    "img/blue_palette.png,blue cold cold",  # duplicates collapse
+]
+GOOD_VAL = ["img/grey.jpg,grey", "img/red.jpg,warm"]
+
+
+def test_load_image_modes(tmp_path):
+    _write_images(tmp_path)
+    red = load_image(str(tmp_path / "img" / "red.jpg"), 8)
+    assert red.shape == (8, 8, 3) and red.dtype == np.uint8
+    assert np.abs(red.astype(int) - RED).max() < 8
+    grey = load_image(str(tmp_path / "img" / "grey.png"), 8)
+    assert np.all(grey == 128)
+    assert np.all(load_image(str(tmp_path / "img" / "clear.png"), 8) == 255)
+    assert np.all(load_image(str(tmp_path / "img" / "blue_palette.png"), 8) == BLUE)
+    im16 = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    im16.save(tmp_path / "deep.png")
+    assert np.all(load_image(str(tmp_path / "deep.png"), 4) == 255)
+
+
+def test_happy_path(tmp_path):
+    src = FolderSource(_dataset(tmp_path, GOOD_TRAIN, GOOD_VAL), image_size=8)
+    assert isinstance(src, data.DataSource)
+    assert src.class_names == ("blue", "cold", "green", "grey", "red", "warm")  # sorted union
+    assert src.num_classes == 6 and src.image_size == 8
+    assert src.num_examples("train") == 5 and src.num_examples("val") == 2
+    assert src.in_memory and src.skipped == {"train": 0, "val": 0} and src.problems == []
+    y = src.labels("train")
+    np.testing.assert_array_equal(y[0], [0, 0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(y[3], 0)
+    np.testing.assert_array_equal(y[4], [1, 1, 0, 0, 0, 0])
+    batches = list(src.batches("val", batch_size=4, seed=0, shuffle=False, drop_remainder=False))
+    assert len(batches) == 1 and batches[0]["mask"].tolist() == [True, True, False, False]
+    assert batches[0]["image"].shape == (4, 8, 8, 3)
+    assert np.all(batches[0]["image"][0] == 200)
+
+
+def test_streaming_equals_in_memory(tmp_path):
+    path = _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)
+    mem = FolderSource(path, image_size=8)
+    stream = FolderSource(path, image_size=8, memory_limit_bytes=0, num_workers=2)
+    assert not stream.in_memory and stream.prefetch > 0
+    kw = dict(batch_size=2, seed=4, epoch=1, shuffle=True, drop_remainder=True)
+    for a, b in zip(mem.batches("train", **kw), stream.batches("train", **kw), strict=True):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_create_source_folder(tmp_path):
+    config = ml_collections.ConfigDict(
+        {**data.DATA_DEFAULTS, "name": "folder", "path": _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)}
+    )
+    src = data.create_source(config, seed=0)
+    assert src.name == "folder" and src.image_size == 32 and src.num_classes == 6
+
+
+def test_classes_txt_fixes_order(tmp_path):
+    classes = ["warm", "red", "grey", "green", "cold", "blue", "unused"]
+    src = FolderSource(_dataset(tmp_path, GOOD_TRAIN, GOOD_VAL, classes), image_size=8)
+    assert src.class_names == tuple(classes)
+    np.testing.assert_array_equal(src.labels("train")[0], [1, 1, 0, 0, 0, 0, 0])
+
+
+def test_train_label_outside_classes_txt(tmp_path):
+    path = _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL, ["red", "warm", "green", "grey"])
+    with pytest.raises(
+        FolderDataError, match=r"train\.csv:6: unknown class\(es\) \['blue', 'cold'\]"
+    ):
+        FolderSource(path, image_size=8)
+
+
+def test_bad_classes_txt(tmp_path):
+    path = _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL, ["red", "warm", "red", "two words"])
+    with pytest.raises(FolderDataError) as info:
+        FolderSource(path, image_size=8, skip_bad_rows=True)  # not skippable
+    text = str(info.value)
+    assert "classes.txt:3: duplicate class 'red' (first on line 1)" in text
+    assert "classes.txt:4: 'two words' cannot be a label" in text
+
+
+def test_unknown_val_label(tmp_path, caplog):
+    path = _dataset(tmp_path, GOOD_TRAIN, [*GOOD_VAL, "img/green.png,green zebra"])
+    with pytest.raises(FolderDataError, match=r"val\.csv:4: unknown class\(es\) \['zebra'\]"):
+        FolderSource(path, image_size=8)
+    with caplog.at_level(logging.WARNING, logger="asl_jax.data.folder"):
+        src = FolderSource(path, image_size=8, allow_unknown_val_labels=True)
+    assert "zebra (1)" in caplog.text
+    assert src.num_examples("val") == 3
+    np.testing.assert_array_equal(src.labels("val")[2], [0, 0, 1, 0, 0, 0])
+
+
+def _bad_dataset(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "img" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    whole = (tmp_path / "img" / "red.jpg").read_bytes()
+    (tmp_path / "img" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "img" / "notes.png").write_text("plain text")
+    train = [
+        *GOOD_TRAIN,  # lines 2-6
+        "img/missing.jpg,red",  # 7
+        "img/corrupt.jpg,red",  # 8
+        "",  # 9: empty row
+        "img/red.jpg,red,extra",  # 10: malformed
+        ",red",  # 11: empty image path
+        "img/truncated.jpg,green",  # 12
+        "img/notes.png,grey",  # 13
+    ]
+    val = [*GOOD_VAL, "img/missing.jpg,red", "img/red.jpg,zebra"]  # val lines 4, 5
+    (tmp_path / "train.csv").write_text("image,labels\n" + "\n".join(train) + "\n")
+    (tmp_path / "val.csv").write_text("image,labels\n" + "\n".join(val) + "\n")
+    return str(tmp_path)
+
+
+def test_every_problem_is_reported_with_file_and_line(tmp_path):
+    path = _bad_dataset(tmp_path)
+    with pytest.raises(FolderDataError) as info:
+        FolderSource(path, image_size=8)
+    problems = info.value.problems
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "train.csv:7",
+        "train.csv:8",
+        "train.csv:9",
+        "train.csv:10",
+        "train.csv:11",
+        "train.csv:12",
+        "train.csv:13",
+        "val.csv:4",
+        "val.csv:5",
+    ]
+    text = str(info.value)
+    assert "9 problem(s)" in text and "data.skip_bad_rows=True" in text
+    assert "train.csv:7: image img/missing.jpg" in text and "not found" in text
+    assert "train.csv:8: image img/corrupt.jpg" in text and "cannot read the image" in text
+    assert "train.csv:9: empty row" in text
+    assert "train.csv:10: expected 2 fields (image,labels), got 3" in text
+    assert "train.csv:11: the image path is empty" in text
+    assert "train.csv:12: image img/truncated.jpg" in text
+    assert "val.csv:5: unknown class(es) ['zebra']" in text
+
+
+def test_skip_bad_rows(tmp_path, caplog):
+    path = _bad_dataset(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="asl_jax.data.folder"):
+        src = FolderSource(path, image_size=8, skip_bad_rows=True)
+    assert src.skipped == {"train": 7, "val": 2}
+    assert len(src.problems) == 9
+    assert src.num_examples("train") == 5 and src.num_examples("val") == 2
+    assert "skipped 9 bad rows (train 7, val 2)" in caplog.text
+    batch = next(src.batches("train", batch_size=5, seed=0, shuffle=True, drop_remainder=True))
+    assert batch["mask"].all()
+
+
+def test_bad_header_is_fatal(tmp_path):
+    path = _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)
+    (tmp_path / "val.csv").write_text("file,tags\nimg/red.jpg,red\n")
+    with pytest.raises(FolderDataError, match=r"val\.csv:1: the header must be 'image,labels'"):
+        FolderSource(path, image_size=8, skip_bad_rows=True)
+
+
+def test_all_rows_bad_after_skipping(tmp_path):
+    path = _dataset(tmp_path, GOOD_TRAIN, ["img/missing.png,red"])
+    with pytest.raises(FolderDataError, match=r"val\.csv has no usable rows \(1 skipped\)"):
+        FolderSource(path, image_size=8, skip_bad_rows=True)
+
+
+def test_quoted_labels_and_absolute_paths(tmp_path):
+    rows = [*GOOD_TRAIN, f'{tmp_path / "img" / "green.png"},"green"']
+    src = FolderSource(_dataset(tmp_path, rows, GOOD_VAL), image_size=8)
+    assert src.num_examples("train") == 6
+    np.testing.assert_array_equal(src.labels("train")[5], src.labels("train")[1])
