@@ -1,0 +1,91 @@
+"""Image classifiers for the training application: a small CNN and ResNet-18/34/50.
+
+Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, is called with ``train=bool``
+(batch norm: ``mutable=["batch_stats"]`` when training) and returns float32 logits ``[B, K]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asl_jax.models.cnn import SmallCNN
+from asl_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
+
+MODEL_NAMES = ("cnn", "resnet18", "resnet34", "resnet50")
+
+__all__ = [
+    "MODEL_NAMES",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "SmallCNN",
+    "create_model",
+    "resolve_dtype",
+]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def resolve_dtype(dtype: Any = "auto") -> jnp.dtype:
+    """Compute dtype from a config value.
+
+    Args:
+      dtype: ``"auto"`` (bfloat16 on GPU/TPU, float32 on CPU), ``"float32"``, ``"bfloat16"``,
+        ``"float16"`` or a JAX dtype.
+
+    Returns:
+      A NumPy/JAX dtype object.
+    """
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            auto = jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
+            return jnp.dtype(auto)
+        if dtype not in _DTYPES:
+            raise ValueError(f"model.dtype={dtype!r}: expected one of auto, {', '.join(_DTYPES)}")
+        return jnp.dtype(_DTYPES[dtype])
+    return jnp.dtype(dtype)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    dtype: Any = jnp.float32,
+    width: int | None = None,
+) -> nn.Module:
+    """Builds a classifier by name.
+
+    Args:
+      name: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+      num_classes: number of output logits (labels).
+      dtype: compute dtype (parameters are float32; logits are float32 whatever the dtype).
+      width: channels of the first stage (``None`` = the model's default: 32 for the CNN, 64 for
+        the ResNets).
+
+    Returns:
+      A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
+
+    Example:
+      >>> model = create_model("cnn", num_classes=10)
+      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+      >>> model.apply(variables, jnp.zeros((2, 16, 16, 3)), train=False).shape
+      (2, 10)
+    """
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
+    if width is not None and (not isinstance(width, int) or width <= 0):
+        raise ValueError(f"model.width={width!r}: expected a positive integer or None")
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "dtype": resolve_dtype(dtype)}
+    if name == "cnn":
+        return SmallCNN(**kwargs, **({} if width is None else {"width": width}))
+    factories = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
+    if name not in factories:
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return factories[name](**kwargs, **({} if width is None else {"num_filters": width}))

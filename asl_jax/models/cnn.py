@@ -1,0 +1,59 @@
+"""A small convolutional network that learns the embedded ``shapes`` data on a CPU in minutes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Channel means/stds of natural images are irrelevant for generated data; centring [0, 1] inputs
+# around 0 is enough for the first batch norm to take over.
+_INPUT_CENTER = 0.5
+_INPUT_SCALE = 0.25
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU stages with max pooling, global average pooling and a linear classifier.
+
+    Each stage is ``blocks_per_stage`` 3×3 conv-BN-ReLU layers followed by a 2×2 max pool (except
+    the last stage); the width doubles at every stage. With ``width=32`` and three stages the
+    network has about 0.3M parameters and runs a 32×32 training step of 64 images in a fraction of
+    a second on two CPU cores.
+
+    Attributes:
+      num_classes: number of output logits.
+      width: channels of the first stage.
+      num_stages: number of stages (the spatial size is halved between stages).
+      blocks_per_stage: conv-BN-ReLU layers per stage.
+      dtype: compute dtype (parameters stay float32); logits are always returned as float32.
+    """
+
+    num_classes: int
+    width: int = 32
+    num_stages: int = 3
+    blocks_per_stage: int = 2
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = ((jnp.asarray(x, jnp.float32) - _INPUT_CENTER) / _INPUT_SCALE).astype(self.dtype)
+        for stage in range(self.num_stages):
+            features = self.width * 2**stage
+            for _ in range(self.blocks_per_stage):
+                x = nn.Conv(features, (3, 3), use_bias=False, dtype=self.dtype)(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+                x = nn.relu(x)
+            if stage < self.num_stages - 1:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        # The loss is computed in float32 whatever the compute dtype.
+        return x.astype(jnp.float32)
+
+
+def stage_widths(width: int, num_stages: int) -> Sequence[int]:
+    """Channels of each stage of :class:`SmallCNN` (for documentation and tests)."""
+    return [width * 2**s for s in range(num_stages)]

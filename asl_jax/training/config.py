@@ -1,0 +1,244 @@
+"""Validation of the training configuration, and the policy for resuming a workdir.
+
+Every field is checked before anything is built or trained; an invalid value raises a
+``ValueError`` that names the field, the value and what was expected, e.g.
+``loss.name='nope': expected one of bce, focal, asl``. Unknown fields (a typo in a config file)
+are errors too: ``config_flags`` already rejects unknown ``--config.x=...`` overrides, but not
+extra keys written in a config file.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from asl_jax.data import (
+    AUGMENT_DEFAULTS,
+    DATA_DEFAULTS,
+    validate_augment_config,
+    validate_data_config,
+)
+from asl_jax.models import MODEL_NAMES
+from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
+from asl_jax.training.step import LOSS_NAMES, REDUCTIONS
+
+#: Every field of the training config, with a one-line description (the README's table).
+FIELDS: dict[str, str] = {
+    "name": "name of the configuration (reported in summary.json)",
+    "seed": "seed of the initialisation, the data order and the augmentation",
+    "batch_size": "global batch size (all devices, all hosts)",
+    "eval_batch_size": "global evaluation batch size (0 = batch_size)",
+    "num_epochs": "training epochs (used when num_steps is 0)",
+    "num_steps": "training steps; when > 0 it wins over num_epochs",
+    "optimizer": "adam (L2 on kernels, the official recipe) or adamw (decoupled decay)",
+    "learning_rate": "peak learning rate",
+    "schedule": "onecycle, cosine or constant",
+    "warmup_fraction": "fraction of the steps spent warming up (onecycle, cosine)",
+    "weight_decay": "weight decay on kernels only (0 disables)",
+    "grad_clip_norm": "clip gradients to this global norm (0 disables)",
+    "ema_decay": "decay of the parameter EMA (with a (1+n)/(10+n) warm-up)",
+    "log_every": "write a train record every this many steps",
+    "eval_every": "evaluate every this many steps (0 = only at the end; always at the end)",
+    "checkpoint_every": "checkpoint every this many steps (0 = only at the end / on interrupt)",
+    "max_checkpoints_to_keep": "number of recent checkpoints kept",
+    "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
+    "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
+    "progress_bar": "show a progress bar (process 0)",
+    "loss.name": "bce, focal or asl",
+    "loss.gamma_pos": "γ+ of ASL",
+    "loss.gamma_neg": "γ− of ASL (the initial value when adaptive)",
+    "loss.focal_gamma": "γ of the focal loss (γ+ = γ− = focal_gamma, no margin)",
+    "loss.clip": "probability margin m of ASL, in [0, 1)",
+    "loss.detach_focal_weight": "compute the focusing weights without gradient (official code)",
+    "loss.reduction": "sum (official), batchmean (sum / batch size) or mean",
+    "loss.adaptive": "adapt γ− during training towards loss.delta_p_target (ASL only)",
+    "loss.delta_p_target": "target Δp = p̄− − p̄+ of the adaptive rule (paper: 0.1)",
+    "loss.adaptive_step_size": "λ of the adaptive rule γ− ← γ− + λ (Δp − target)",
+    "loss.adaptive_min_gamma_neg": "lower bound of the adaptive γ−",
+    "loss.adaptive_max_gamma_neg": "upper bound of the adaptive γ−",
+    "model.name": ", ".join(MODEL_NAMES),
+    "model.width": "channels of the first stage (0 = the model's default)",
+    "model.dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
+    **{f"data.{k}": "see asl_jax.data" for k in DATA_DEFAULTS},
+    **{f"augment.{k}": "see asl_jax.data.augment" for k in AUGMENT_DEFAULTS},
+}
+
+#: Fields that do not change what a run computes: a workdir may be resumed with other values.
+OPERATIONAL_FIELDS = frozenset(
+    {
+        "name",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_checkpoints_to_keep",
+        "max_consecutive_nonfinite",
+        "progress_bar",
+        "eval_batch_size",
+        "threshold",
+        "data.path",
+        "data.data_dir",
+        "data.cache_dir",
+    }
+)
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """An invalid training config (the message names the field)."""
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loss.name": "asl", ...}`` from a (nested) ConfigDict or mapping."""
+    items = config.items() if hasattr(config, "items") else dict(config).items()
+    out: dict[str, Any] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fail(field: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{field}={value!r}: expected {expected}")
+
+
+def validate_config(config: Any, *, num_devices: int | None = None, process_count: int = 1) -> None:
+    """Checks a training config; raises ValueError naming the first bad field.
+
+    Args:
+      config: the ``ml_collections.ConfigDict`` (or nested mapping) of ``train/configs``.
+      num_devices: devices of the data mesh; ``batch_size`` must be divisible by it.
+      process_count: number of hosts; ``batch_size`` must be divisible by it.
+
+    Raises:
+      ConfigError: (a ValueError) unknown field, wrong type or value out of range, with the
+        field's dotted name.
+
+    Example:
+      >>> cfg = get_config(); cfg.loss.name = "nope"          # doctest: +SKIP
+      >>> validate_config(cfg)                                 # doctest: +SKIP
+      ValueError: loss.name='nope': expected one of bce, focal, asl
+    """
+    flat = flatten(config)
+    unknown = sorted(k for k in flat if k not in FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(unknown)}; known fields: "
+            f"{', '.join(sorted(FIELDS))}"
+        )
+    missing = sorted(k for k in FIELDS if k not in flat and not k.startswith(("data.", "augment.")))
+    if missing:
+        raise ConfigError(f"missing config field(s): {', '.join(missing)}")
+
+    def choice(field: str, options: tuple[str, ...]) -> None:
+        if flat[field] not in options:
+            raise _fail(field, flat[field], f"one of {', '.join(options)}")
+
+    def boolean(field: str) -> None:
+        if not isinstance(flat[field], bool):
+            raise _fail(field, flat[field], "True or False")
+
+    def integer(field: str, minimum: int) -> None:
+        if not _is_int(flat[field]) or flat[field] < minimum:
+            raise _fail(field, flat[field], f"an integer >= {minimum}")
+
+    def real(field: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+        v = flat[field]
+        ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise _fail(field, v, f"a number in {interval}")
+
+    if not isinstance(flat["name"], str):
+        raise _fail("name", flat["name"], "a string")
+    integer("seed", -(2**63))
+    choice("loss.name", LOSS_NAMES)
+    choice("loss.reduction", REDUCTIONS)
+    for field in ("loss.gamma_pos", "loss.gamma_neg", "loss.focal_gamma"):
+        real(field, 0.0, math.inf, hi_open=True)
+    real("loss.clip", 0.0, 1.0, hi_open=True)
+    boolean("loss.detach_focal_weight")
+    boolean("loss.adaptive")
+    real("loss.delta_p_target", -1.0, 1.0)
+    real("loss.adaptive_step_size", 0.0, math.inf, lo_open=True, hi_open=True)
+    real("loss.adaptive_min_gamma_neg", 0.0, math.inf, hi_open=True)
+    real("loss.adaptive_max_gamma_neg", 0.0, math.inf, hi_open=True)
+    if flat["loss.adaptive"]:
+        if flat["loss.name"] != "asl":
+            raise ConfigError(
+                f"loss.adaptive=True needs loss.name='asl' (got loss.name={flat['loss.name']!r}): "
+                "the adaptive rule drives ASL's γ−"
+            )
+        lo, hi = flat["loss.adaptive_min_gamma_neg"], flat["loss.adaptive_max_gamma_neg"]
+        if not lo <= flat["loss.gamma_neg"] <= hi:
+            raise _fail(
+                "loss.gamma_neg",
+                flat["loss.gamma_neg"],
+                f"a start value within [loss.adaptive_min_gamma_neg, loss.adaptive_max_gamma_neg]"
+                f" = [{lo}, {hi}]",
+            )
+    choice("model.name", MODEL_NAMES)
+    integer("model.width", 0)
+    choice("model.dtype", _DTYPES)
+    choice("optimizer", OPTIMIZERS)
+    choice("schedule", SCHEDULES)
+    real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)
+    real("weight_decay", 0.0, math.inf, hi_open=True)
+    real("warmup_fraction", 0.0, 1.0, hi_open=True)
+    real("grad_clip_norm", 0.0, math.inf, hi_open=True)
+    real("ema_decay", 0.0, 1.0, hi_open=True)
+    real("threshold", 0.0, 1.0, lo_open=True, hi_open=True)
+    integer("batch_size", 1)
+    integer("eval_batch_size", 0)
+    integer("num_steps", 0)
+    integer("num_epochs", 0)
+    if flat["num_steps"] == 0 and flat["num_epochs"] <= 0:
+        raise _fail("num_epochs", flat["num_epochs"], "an integer >= 1 when num_steps is 0")
+    integer("log_every", 1)
+    integer("eval_every", 0)
+    integer("checkpoint_every", 0)
+    integer("max_checkpoints_to_keep", 1)
+    integer("max_consecutive_nonfinite", 1)
+    boolean("progress_bar")
+    for field in ("batch_size", "eval_batch_size"):
+        value = flat[field]
+        if value == 0:
+            continue
+        for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
+            if divisor and value % divisor:
+                raise _fail(field, value, f"a multiple of the {what} ({divisor})")
+    try:
+        validate_data_config(config["data"] if "data" in config else {})
+        validate_augment_config(config["augment"] if "augment" in config else {})
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Fields (other than :data:`OPERATIONAL_FIELDS`) whose values differ, as ``"f: a -> b"``.
+
+    Used when a workdir with checkpoints is reused: resuming with a config that changes results
+    (loss, model, data, schedule, number of steps...) would mix two different runs.
+    """
+    a, b = flatten(old), flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in OPERATIONAL_FIELDS:
+            continue
+        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if va != vb and not (_is_real(va) and _is_real(vb) and float(va) == float(vb)):
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,117 @@
+"""The train state: parameters, optimizer state, EMA, batch-norm statistics and the adaptive γ−."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes, as one pytree.
+
+    Attributes:
+      step: number of train steps taken (int32), including skipped non-finite ones; it indexes the
+        data order and the step RNG, so a restored state continues exactly.
+      params: model parameters (float32).
+      batch_stats: batch-norm running statistics.
+      opt_state: optax state.
+      ema_params: exponential moving average of ``params``.
+      ema_batch_stats: exponential moving average of ``batch_stats`` (the EMA model is evaluated
+        with its own statistics, like the official ``ModelEma`` that averages the whole
+        ``state_dict``).
+      gamma_neg: the negative focusing parameter γ− (float32 scalar); updated by the adaptive rule
+        when enabled, constant otherwise.
+      rng: raw PRNG key data (uint32); step ``t`` uses ``fold_in(rng, t)``.
+      num_skipped: total number of steps skipped because the loss or gradient was not finite.
+      consecutive_nonfinite: length of the current run of skipped steps (0 after a good step).
+      apply_fn: the model's ``apply`` (static).
+      tx: the optax transformation (static).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: optax.OptState
+    ema_params: Any
+    ema_batch_stats: Any
+    gamma_neg: jax.Array
+    rng: jax.Array
+    num_skipped: jax.Array
+    consecutive_nonfinite: jax.Array
+    apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @property
+    def key(self) -> jax.Array:
+        """The run's base PRNG key (typed)."""
+        return jax.random.wrap_key_data(self.rng)
+
+
+def create_train_state(
+    rng: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    image_shape: tuple[int, int, int],
+    gamma_neg: float,
+) -> TrainState:
+    """Initialises a :class:`TrainState`.
+
+    Args:
+      rng: a PRNG key (typed or raw); split into the init key and the run's step key.
+      model: a Flax module from :func:`asl_jax.models.create_model`.
+      tx: the optax optimizer.
+      image_shape: ``(H, W, C)`` of the model input.
+      gamma_neg: initial γ−.
+
+    Returns:
+      The initial state (step 0, EMA equal to the parameters).
+    """
+    if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    init_key, step_key = jax.random.split(rng)
+    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(
+        step=zero,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        # Copies, so that donating the state never aliases two fields.
+        ema_params=jax.tree.map(jnp.copy, params),
+        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+        gamma_neg=jnp.asarray(gamma_neg, jnp.float32),
+        rng=jax.random.key_data(step_key),
+        num_skipped=zero,
+        consecutive_nonfinite=zero,
+        apply_fn=model.apply,
+        tx=tx,
+    )
+
+
+def checkpoint_items(state: TrainState) -> dict[str, Any]:
+    """The state's arrays as a plain dict (what is checkpointed; static fields excluded)."""
+    return {
+        name: getattr(state, name)
+        for name in (
+            "step",
+            "params",
+            "batch_stats",
+            "opt_state",
+            "ema_params",
+            "ema_batch_stats",
+            "gamma_neg",
+            "rng",
+            "num_skipped",
+            "consecutive_nonfinite",
+        )
+    }

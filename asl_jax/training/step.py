@@ -1,0 +1,280 @@
+"""Pure train and eval steps.
+
+``train_step(state, batch, ...)`` runs augmentation (on device, from ``fold_in(state.rng,
+state.step)``), the forward pass with batch norm, the configured multi-label loss, the optax
+update, the EMA and — with the adaptive rule on — the γ− update from the batch's probability
+statistics. Under ``jax.jit`` with a batch sharded over a mesh, every reduction (loss, batch-norm
+moments, Δp) is over the **global** batch: the same numbers on one device or many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from asl_jax.adaptive import probability_stats, update_gamma_neg
+from asl_jax.data.augment import augment_images, to_float
+from asl_jax.losses import asymmetric_loss, reduce_loss
+from asl_jax.training.state import TrainState
+
+LOSS_NAMES = ("bce", "focal", "asl")
+REDUCTIONS = ("sum", "batchmean", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static description of the training loss (hashable: used as a ``jit`` static argument).
+
+    - ``bce``: ``asymmetric_loss`` with γ+ = γ− = 0 and no margin.
+    - ``focal``: γ+ = γ− = ``focal_gamma`` and no margin (focal loss without α).
+    - ``asl``: γ+ = ``gamma_pos``, γ− = ``gamma_neg`` (or the adaptive value carried in the
+      state when ``adaptive``), margin ``clip``.
+
+    ``detach_focal_weight`` applies to focal and asl. ``reduction`` is one of ``sum`` (the
+    official code), ``batchmean`` (sum / batch size) or ``mean``.
+    """
+
+    name: str = "asl"
+    gamma_pos: float = 0.0
+    gamma_neg: float = 4.0
+    focal_gamma: float = 2.0
+    clip: float = 0.05
+    detach_focal_weight: bool = False
+    reduction: str = "batchmean"
+    adaptive: bool = False
+    delta_p_target: float = 0.1
+    adaptive_step_size: float | None = None
+    adaptive_min_gamma_neg: float = 0.0
+    adaptive_max_gamma_neg: float | None = None
+
+    @classmethod
+    def from_config(cls, loss_config: Any) -> LossConfig:
+        """Builds a :class:`LossConfig` from the ``loss`` block of an ml_collections config."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dict(loss_config).items() if k in fields}
+        for key in ("gamma_pos", "gamma_neg", "focal_gamma", "clip", "delta_p_target"):
+            if key in values:
+                values[key] = float(values[key])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Static on-device augmentation settings (the ``augment`` config block)."""
+
+    flip: bool = True
+    cutout: float = 0.5
+    randaugment: bool = False
+
+    @classmethod
+    def from_config(cls, augment_config: Any) -> AugmentConfig:
+        d = dict(augment_config)
+        return cls(
+            flip=bool(d.get("flip", True)),
+            cutout=float(d.get("cutout", 0.5)),
+            randaugment=bool(d.get("randaugment", False)),
+        )
+
+
+def elementwise_loss(
+    logits: jax.Array, labels: jax.Array, loss: LossConfig, gamma_neg: jax.Array | float
+) -> jax.Array:
+    """The configured element-wise loss (see :class:`LossConfig`)."""
+    if loss.name == "bce":
+        return asymmetric_loss(logits, labels, gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
+    if loss.name == "focal":
+        g = loss.focal_gamma
+        return asymmetric_loss(
+            logits,
+            labels,
+            gamma_pos=g,
+            gamma_neg=g,
+            clip=0.0,
+            detach_focal_weight=loss.detach_focal_weight,
+        )
+    if loss.name == "asl":
+        return asymmetric_loss(
+            logits,
+            labels,
+            gamma_pos=loss.gamma_pos,
+            gamma_neg=gamma_neg,
+            clip=loss.clip,
+            detach_focal_weight=loss.detach_focal_weight,
+        )
+    raise ValueError(f"loss.name={loss.name!r}: expected one of {', '.join(LOSS_NAMES)}")
+
+
+def effective_gamma_neg(loss: LossConfig, gamma_neg: jax.Array | float) -> jax.Array | float:
+    """The γ− the configured loss actually applies (0 for BCE, ``focal_gamma`` for focal)."""
+    if loss.name == "bce":
+        return 0.0
+    if loss.name == "focal":
+        return loss.focal_gamma
+    return gamma_neg
+
+
+def ema_decay_at(decay: float, num_updates: jax.Array) -> jax.Array:
+    """Warm-up EMA decay ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    Early on the average would be dominated by the random initialisation; the warm-up (as in
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)``) lets it follow the parameters
+    closely at first.
+    """
+    n = num_updates.astype(jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    loss: LossConfig,
+    augment: AugmentConfig = AugmentConfig(),
+    ema_decay: float = 0.999,
+    schedule: optax.Schedule | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step (pure; ``jit`` it with the keyword arguments bound).
+
+    Args:
+      state: the current :class:`TrainState`.
+      batch: ``"image"`` uint8 ``[B, H, W, 3]``, ``"labels"`` float ``[B, K]`` in {0, 1}
+        (``-1`` = unknown label, masked out of the loss and statistics), optional ``"mask"`` bool
+        ``[B]`` (False rows contribute nothing to the loss or the statistics).
+      loss: the loss settings.
+      augment: augmentation settings.
+      ema_decay: EMA decay (with the warm-up of :func:`ema_decay_at`).
+      schedule: learning-rate schedule, only used to report ``lr``.
+
+    Returns:
+      ``(new_state, metrics)``; metrics are float32 scalars: ``loss``, ``delta_p``, ``pos_mean``,
+      ``neg_mean``, ``gamma_neg`` (the γ− the loss applied at this step: 0 for BCE,
+      ``focal_gamma`` for focal), ``lr`` (of this step), ``grad_norm``,
+      ``skipped`` (1 when the loss or the gradient was not finite: the state is then unchanged
+      except the step and skip counters), ``consecutive_nonfinite``.
+    """
+    key = jax.random.fold_in(state.key, state.step)
+    images = augment_images(
+        key,
+        batch["image"],
+        flip=augment.flip,
+        cutout=augment.cutout,
+        randaugment=augment.randaugment,
+    )
+    raw_labels = jnp.asarray(batch["labels"], jnp.float32)
+    # Unknown labels (-1, any negative value) are masked out; known labels are used as given
+    # (hard or soft). NaN labels are NOT masked: they make the loss non-finite and the step is
+    # skipped and counted, which is what corrupt data should do.
+    known = ~(raw_labels < 0)
+    labels = jnp.where(known, raw_labels, 0.0)
+    where = known
+    if "mask" in batch:
+        where = where & jnp.asarray(batch["mask"], bool)[:, None]
+
+    adaptive = loss.adaptive and loss.name == "asl"
+    gamma_neg = state.gamma_neg if adaptive else loss.gamma_neg
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        logits = logits.astype(jnp.float32)
+        value = reduce_loss(
+            elementwise_loss(logits, labels, loss, gamma_neg), loss.reduction, where=where
+        )
+        return value, (logits, updates["batch_stats"])
+
+    (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    stats = probability_stats(jax.lax.stop_gradient(logits), labels, where=where)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(ema_decay, state.step - state.num_skipped)
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
+    if adaptive:
+        kwargs: dict[str, Any] = {
+            "target": loss.delta_p_target,
+            "min_value": loss.adaptive_min_gamma_neg,
+        }
+        if loss.adaptive_step_size is not None:
+            kwargs["step_size"] = loss.adaptive_step_size
+        if loss.adaptive_max_gamma_neg is not None:
+            kwargs["max_value"] = loss.adaptive_max_gamma_neg
+        new_gamma_neg = update_gamma_neg(state.gamma_neg, stats.delta_p, **kwargs)
+    else:
+        new_gamma_neg = state.gamma_neg
+
+    updated = {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": opt_state,
+        "ema_params": ema_params,
+        "ema_batch_stats": ema_batch_stats,
+        "gamma_neg": jnp.asarray(new_gamma_neg, jnp.float32),
+    }
+    current = {name: getattr(state, name) for name in updated}
+    new_state = state.replace(
+        **_select(finite, updated, current),
+        step=state.step + 1,
+        num_skipped=state.num_skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(
+            jnp.int32
+        ),
+    )
+    # The optimizer's own step count: skipped steps did not advance it.
+    lr = schedule(state.step - state.num_skipped) if schedule is not None else jnp.nan
+    metrics = {
+        "loss": value,
+        "delta_p": stats.delta_p,
+        "pos_mean": stats.pos_mean,
+        "neg_mean": stats.neg_mean,
+        "gamma_neg": jnp.asarray(effective_gamma_neg(loss, gamma_neg), jnp.float32),
+        "lr": jnp.asarray(lr, jnp.float32),
+        "grad_norm": grad_norm,
+        "skipped": jnp.where(finite, 0.0, 1.0),
+        "consecutive_nonfinite": new_state.consecutive_nonfinite,
+    }
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Probabilities of the regular and the EMA model (inference-mode batch norm).
+
+    Args:
+      state: a :class:`TrainState`.
+      batch: ``"image"`` uint8 ``[B, H, W, 3]``, ``"labels"`` ``[B, K]``, optional ``"mask"``
+        ``[B]`` (False on the padding rows of the last batch).
+
+    Returns:
+      ``"probs"`` and ``"probs_ema"`` float32 ``[B, K]`` (sigmoid of the logits), ``"labels"``
+      and ``"mask"`` passed through (the mask all True when the batch has none).
+    """
+    images = to_float(batch["image"])
+
+    def probs(params: Any, batch_stats: Any) -> jax.Array:
+        logits = state.apply_fn({"params": params, "batch_stats": batch_stats}, images, train=False)
+        return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+    labels = jnp.asarray(batch["labels"], jnp.float32)
+    mask = batch.get("mask")
+    mask = jnp.ones(labels.shape[:1], bool) if mask is None else jnp.asarray(mask, bool)
+    return {
+        "probs": probs(state.params, state.batch_stats),
+        "probs_ema": probs(state.ema_params, state.ema_batch_stats),
+        "labels": labels,
+        "mask": mask,
+    }

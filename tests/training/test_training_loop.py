@@ -1,0 +1,174 @@
+"""Tests of asl_jax.training.loop: workdir files, resume == uninterrupted, refusals, non-finite.
+
+Every run uses the same tiny config (shapes at 16 px, 64 training images, a 4-channel CNN, 10
+steps on the 8 simulated devices), so the programs are compiled once for the whole module.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from asl_jax.data import create_source
+from asl_jax.training.checkpoint import Checkpointer
+from asl_jax.training.loop import NonFiniteError, WorkdirConfigError, train_and_evaluate
+from asl_jax.training.state import checkpoint_items
+from train.configs.default import get_config
+
+OVERRIDES = {
+    "model.width": 4,
+    "data.image_size": 16,
+    "data.num_train": 64,
+    "data.num_val": 32,
+    "batch_size": 16,
+    "num_steps": 10,
+    "learning_rate": 0.01,
+    "loss.adaptive": True,
+    "log_every": 1,
+    "eval_every": 5,
+    "checkpoint_every": 4,
+    "progress_bar": False,
+}
+
+
+def tiny_config(cache_dir):
+    config = get_config()
+    for dotted, value in {**OVERRIDES, "data.cache_dir": str(cache_dir)}.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+    workdir = tmp_path_factory.mktemp("reference")
+    return train_and_evaluate(tiny_config(cache_dir), workdir, handle_signals=False)
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "elapsed"} for r in records]
+
+
+def test_workdir_files(reference):
+    workdir = reference.workdir
+    assert reference.interrupted is None
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["loss"]["name"] == "asl" and config["num_steps"] == 10
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 11))
+    for key in ("loss", "gamma_neg", "delta_p", "pos_mean", "neg_mean", "lr", "grad_norm"):
+        assert all(isinstance(r[key], float) for r in train), key
+    assert [r["step"] for r in evals] == [5, 10]
+    for key in ("map", "map_ema", "cf1", "of1", "cf1_ema", "of1_ema"):
+        assert all(0.0 <= r[key] <= 1.0 for r in evals), key
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["status"] == "completed" and summary["step"] == 10
+    assert summary["final"]["map"] == evals[-1]["map"]
+    assert summary["best_map"] == max(r["map"] for r in evals)
+    assert summary["final_gamma_neg"] == train[-1]["gamma_neg"]
+    assert summary["config_name"] == "default" and summary["wall_time_s"] > 0
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "8"]
+    plots = sorted(os.listdir(os.path.join(workdir, "plots")))
+    assert plots == ["gamma_delta_p.png", "loss.png", "map.png", "probabilities.png"]
+    # The adaptive γ− moved during the run and is what the state carries.
+    assert train[-1]["gamma_neg"] != train[0]["gamma_neg"]
+    assert float(reference.state.gamma_neg) != pytest.approx(train[0]["gamma_neg"])
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(reference, cache_dir, tmp_path):
+    config = tiny_config(cache_dir)
+    first = train_and_evaluate(config, tmp_path, stop_at_step=6, handle_signals=False)
+    assert first.interrupted == 0 and first.summary["status"] == "interrupted"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
+    # A kill between the checkpoint of step 4 and the next one: the records of steps 5 and 6
+    # were written but their checkpoint was not.
+    shutil.rmtree(tmp_path / "checkpoints" / "6")
+    second = train_and_evaluate(config, tmp_path, handle_signals=False)
+    assert second.interrupted is None and int(second.state.step) == 10
+    final = jax.device_get(checkpoint_items(second.state))
+    expected = jax.device_get(checkpoint_items(reference.state))
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The metrics file describes one run: the records of the lost steps were replaced.
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert _strip(records) == _strip(reference.records)
+    assert second.summary["final"]["map"] == reference.summary["final"]["map"]
+
+
+def test_checkpoint_round_trip(reference, tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    ckpt.save(reference.state)
+    ckpt.wait()
+    assert ckpt.latest_step() == 10
+    restored = ckpt.restore(reference.state)
+    ckpt.close()
+    items, expected = checkpoint_items(restored), checkpoint_items(reference.state)
+    assert jax.tree.structure(items) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(items), jax.tree.leaves(expected), strict=True):
+        assert a.sharding == b.sharding and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rerunning_a_finished_run_trains_nothing(reference, cache_dir):
+    again = train_and_evaluate(tiny_config(cache_dir), reference.workdir, handle_signals=False)
+    assert int(again.state.step) == 10
+    assert _strip(again.records) == _strip(reference.records)
+
+
+def test_a_workdir_with_another_config_is_refused(reference, cache_dir):
+    config = tiny_config(cache_dir)
+    config.loss.gamma_neg = 2.0
+    with pytest.raises(WorkdirConfigError, match=r"loss\.gamma_neg: 4\.0 -> 2\.0"):
+        train_and_evaluate(config, reference.workdir, handle_signals=False)
+    config = tiny_config(cache_dir)
+    config.log_every = 3  # operational fields may change
+    train_and_evaluate(config, reference.workdir, handle_signals=False)
+
+
+class _CorruptAfter:
+    """A data source whose training labels become NaN from the given step on."""
+
+    def __init__(self, source, first_bad_step):
+        self._source = source
+        self._first_bad = first_bad_step
+        for name in ("name", "num_classes", "class_names", "image_size"):
+            setattr(self, name, getattr(source, name))
+
+    def num_examples(self, split):
+        return self._source.num_examples(split)
+
+    def batches(self, split, **kwargs):
+        spe = self.num_examples("train") // kwargs["batch_size"]
+        step = kwargs.get("epoch", 0) * spe + kwargs.get("start_batch", 0)
+        for batch in self._source.batches(split, **kwargs):
+            if split == "train" and step >= self._first_bad:
+                batch = dict(batch, labels=np.full_like(batch["labels"], np.nan))
+            step += 1
+            yield batch
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(cache_dir, tmp_path):
+    config = tiny_config(cache_dir)
+    config.max_consecutive_nonfinite = 3
+    source = _CorruptAfter(create_source(config.data, seed=0), first_bad_step=2)
+    with pytest.raises(NonFiniteError) as info:
+        train_and_evaluate(config, tmp_path, source=source, handle_signals=False)
+    message = str(info.value)
+    assert "training stopped at step 5: 3 consecutive steps had a non-finite loss" in message
+    assert f"{tmp_path}/checkpoints/4 (step 4)" in message
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["skipped"] for r in records if r["kind"] == "train"] == [0, 0, 1, 1, 1]
+    assert records[-1]["num_skipped"] == 3

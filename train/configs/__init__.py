@@ -1,0 +1,1 @@
+"""Training configs (ml_collections): default (shapes on CPU), coco, voc, folder."""
