@@ -140,57 +140,113 @@ def _ratio_log_one_minus(shifted_prob, log_one_minus):
     return jnp.where(small, series, -log_one_minus / safe_x)
 
 
-def _asl_terms(logits, gamma_pos, gamma_neg, cfg: _Config):
-    """Per-element L+, L− and, unless only the values are needed, dL+/dz and dL−/dz."""
-    z = logits
-    # One exp and one log1p give p, q = 1 - p, log p and log q to full relative precision.
+class _Parts(NamedTuple):
+    """Per-element pieces of ASL shared by the loss value and its gradient."""
+
+    p: jax.Array  # σ(z)
+    q: jax.Array  # σ(−z) = 1 − p
+    log_p: jax.Array
+    log_q: jax.Array
+    weight_pos: jax.Array  # (1 − p)^γ+
+    loss_pos: jax.Array  # L+
+    shifted: jax.Array  # p_m = max(p − m, 0)
+    one_minus_shifted: jax.Array  # 1 − p_m
+    log_one_minus_shifted: jax.Array  # log(1 − p_m), exactly 0 where p ≤ m
+    weight_neg: jax.Array  # p_m^γ− (for fractional γ−, ≈ 0 rather than 0 where p ≤ m)
+    loss_neg: jax.Array  # L−
+
+
+def _asl_parts(z, gamma_pos, gamma_neg, cfg: _Config) -> _Parts:
+    """L+, L− and the pieces the gradient reuses, without a select or comparison.
+
+    No `where` here on purpose: on XLA:CPU the sum of the loss runs in a YNNPACK fusion that
+    takes arithmetic, `exp`, `log`, `sign`, `min` and `max`, but not selects or comparisons; with
+    one, the terms before it are first written to memory as B×K arrays. Without, the value of the
+    loss is a single pass over the logits and labels (BENCHMARKS.md, "Loss kernel").
+    """
+    # One exp gives p, q = 1 - p, log p and log q to full relative precision, with no overflow:
+    # e = exp(-|z|) in [0, 1], 1/(1 + e) is the larger of p and q and e/(1 + e) the smaller one.
     e = jnp.exp(-jnp.abs(z))
-    log1p_e = jnp.log1p(e)
     inv = 1.0 / (1.0 + e)
-    nonneg = z >= 0
-    p = jnp.where(nonneg, inv, e * inv)
-    q = jnp.where(nonneg, e * inv, inv)
+    # Which is which without a select: h = 1 for z > 0, 0 for z < 0 and 1/2 at z = 0 (where
+    # p = q = inv = 1/2), so the blends below pick exactly inv or e·inv.
+    h = 0.5 + 0.5 * jnp.sign(z)
+    p = inv * (h + (1.0 - h) * e)
+    q = inv * ((1.0 - h) + h * e)
+    log1p_e = jnp.log1p(e)
     log_p = jnp.minimum(z, 0.0) - log1p_e
     log_q = jnp.minimum(-z, 0.0) - log1p_e
 
     # Positive part: L+ = -(1 - p)^γ+ log p.
     weight_pos = _power(q, log_q, gamma_pos, cfg.gamma_pos)
     loss_pos = -weight_pos * log_p
-    if cfg.detach_focal_weight or cfg.gamma_pos == 0:
-        grad_pos = -weight_pos * q
-    else:
-        gp = cfg.gamma_pos if cfg.gamma_pos is not None else gamma_pos
-        grad_pos = weight_pos * (gp * p * log_p - q)
 
     # Negative part: L− = -p_m^γ− log(1 - p_m), with p_m = max(p - m, 0).
-    gn = cfg.gamma_neg if cfg.gamma_neg is not None else gamma_neg
     m = cfg.clip
     if m == 0.0:
         # p_m = p and 1 - p_m = q: both logs are already at hand, the term is active everywhere.
+        shifted, one_minus_shifted, log_one_minus = p, q, log_q
         weight_neg = _power(p, log_p, gamma_neg, cfg.gamma_neg)
-        loss_neg = -weight_neg * log_q
+    else:
+        shifted = jnp.maximum(p - m, 0.0)
+        # 1 - p_m = min(q + m, 1): from q directly, so it keeps its precision as p -> 1, and its
+        # log is exactly 0 where the term is inactive.
+        one_minus_shifted = jnp.minimum(q + m, 1.0)
+        log_one_minus = jnp.log(one_minus_shifted)
+        # A finite log for the exp-log power: where p_m = 0 the weight becomes tiny^γ (or 1 for
+        # γ = 0), multiplied by log(1 - p_m) = 0. The gradient masks it exactly.
+        log_shifted = jnp.log(jnp.maximum(shifted, jnp.finfo(z.dtype).tiny))
+        weight_neg = _power(shifted, log_shifted, gamma_neg, cfg.gamma_neg)
+    loss_neg = -weight_neg * log_one_minus
+    return _Parts(
+        p=p,
+        q=q,
+        log_p=log_p,
+        log_q=log_q,
+        weight_pos=weight_pos,
+        loss_pos=loss_pos,
+        shifted=shifted,
+        one_minus_shifted=one_minus_shifted,
+        log_one_minus_shifted=log_one_minus,
+        weight_neg=weight_neg,
+        loss_neg=loss_neg,
+    )
+
+
+def _asl_value(z, y, gamma_pos, gamma_neg, cfg: _Config):
+    t = _asl_parts(z, gamma_pos, gamma_neg, cfg)
+    return y * t.loss_pos + (1.0 - y) * t.loss_neg
+
+
+def _asl_grads(z, y, gamma_pos, gamma_neg, cfg: _Config):
+    """dloss/dz and dloss/dy element-wise (DESIGN §1)."""
+    t = _asl_parts(z, gamma_pos, gamma_neg, cfg)
+    p, q = t.p, t.q
+    if cfg.detach_focal_weight or cfg.gamma_pos == 0:
+        grad_pos = -t.weight_pos * q
+    else:
+        gp = cfg.gamma_pos if cfg.gamma_pos is not None else gamma_pos
+        grad_pos = t.weight_pos * (gp * p * t.log_p - q)
+
+    gn = cfg.gamma_neg if cfg.gamma_neg is not None else gamma_neg
+    if cfg.clip == 0.0:
         # p·q·p^γ · (1/q + γ·(-log q)/p) simplifies to p^γ · (p - γ·q·log q): no division needed.
         if cfg.detach_focal_weight or cfg.gamma_neg == 0:
-            grad_neg = weight_neg * p
+            grad_neg = t.weight_neg * p
         else:
-            grad_neg = weight_neg * (p - gn * q * log_q)
+            grad_neg = t.weight_neg * (p - gn * q * t.log_q)
     else:
-        shifted = p - m
-        active = shifted > 0
-        shifted = jnp.where(active, shifted, 0.0)
-        # 1 - p_m = q + m on the active side: from q directly, so it keeps its precision as p -> 1.
-        one_minus_shifted = jnp.where(active, q + m, 1.0)
-        log_one_minus = jnp.where(active, jnp.log(one_minus_shifted), 0.0)
-        log_shifted = jnp.log(jnp.where(active, shifted, 1.0))
-        weight_neg = jnp.where(active, _power(shifted, log_shifted, gamma_neg, cfg.gamma_neg), 0.0)
-        loss_neg = -weight_neg * log_one_minus
-        common = p * q * weight_neg
+        active = t.shifted > 0
+        common = jnp.where(active, p * q * t.weight_neg, 0.0)
         if cfg.detach_focal_weight or cfg.gamma_neg == 0:
-            grad_neg = common / one_minus_shifted
+            grad_neg = common / t.one_minus_shifted
         else:
-            ratio = _ratio_log_one_minus(shifted, log_one_minus)
-            grad_neg = common * (1.0 / one_minus_shifted + gn * ratio)
-    return loss_pos, loss_neg, grad_pos, grad_neg
+            ratio = _ratio_log_one_minus(t.shifted, t.log_one_minus_shifted)
+            grad_neg = common * (1.0 / t.one_minus_shifted + gn * ratio)
+    grad_logits = y * grad_pos + (1.0 - y) * grad_neg
+    # Soft labels enter linearly: dL/dy = L+ − L−. Unused (and removed by XLA) for hard labels.
+    grad_labels = t.loss_pos - t.loss_neg
+    return grad_logits, grad_labels
 
 
 @functools.cache
@@ -199,8 +255,7 @@ def _asl_with_vjp(cfg: _Config):
 
     @jax.custom_vjp
     def asl(logits, labels, gamma_pos, gamma_neg):
-        loss_pos, loss_neg, _, _ = _asl_terms(logits, gamma_pos, gamma_neg, cfg)
-        return labels * loss_pos + (1.0 - labels) * loss_neg
+        return _asl_value(logits, labels, gamma_pos, gamma_neg, cfg)
 
     def fwd(logits, labels, gamma_pos, gamma_neg):
         # Only the inputs are kept: the backward pass recomputes its few intermediates, which costs
@@ -209,12 +264,24 @@ def _asl_with_vjp(cfg: _Config):
 
     def bwd(residuals, cotangent):
         logits, labels, gamma_pos, gamma_neg = residuals
-        loss_pos, loss_neg, grad_pos, grad_neg = _asl_terms(logits, gamma_pos, gamma_neg, cfg)
-        grad_logits = cotangent * (labels * grad_pos + (1.0 - labels) * grad_neg)
-        # Soft labels enter linearly: dL/dy = L+ − L−. Unused (and removed by XLA) for hard labels.
-        grad_labels = cotangent * (loss_pos - loss_neg)
+        # The gradient is computed apart from the loss value: without the barrier XLA merges the
+        # intermediates the two have in common (even their broadcast constants), and writes every
+        # merged one to memory as a B×K array between two fusions; on XLA:CPU that made the
+        # value-and-grad 2-3x slower, with six B×K temporaries (BENCHMARKS.md, "what we tried").
+        # The leading unit axis, a free reshape on every backend, gives the gradient's constants
+        # another shape, so that they are not merged either. Recomputing costs one more pass over
+        # the inputs, much less than the temporaries did.
+        z, y = jax.lax.optimization_barrier((logits[None], labels[None]))
+        grad_logits, grad_labels = _asl_grads(z, y, gamma_pos, gamma_neg, cfg)
+        grad_logits = grad_logits.reshape(logits.shape)
+        grad_labels = grad_labels.reshape(labels.shape)
         # The focusing parameters are hyper-parameters: by design they receive no gradient.
-        return grad_logits, grad_labels, jnp.zeros_like(gamma_pos), jnp.zeros_like(gamma_neg)
+        return (
+            cotangent * grad_logits,
+            cotangent * grad_labels,
+            jnp.zeros_like(gamma_pos),
+            jnp.zeros_like(gamma_neg),
+        )
 
     asl.defvjp(fwd, bwd)
     return asl

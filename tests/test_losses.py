@@ -35,7 +35,7 @@ def reference_asl(z, y, gamma_pos, gamma_neg, clip, detach):
         grad_neg = np.where(active, p * (1 - p) * pm**gamma_neg / (1 - pm), 0.0)
     else:
         grad_pos = (1 - p) ** gamma_pos * (gamma_pos * p * np.log(p) - (1 - p))
-        safe_pm = np.where(active, pm, 1.0)
+        safe_pm = np.where(active, pm, 0.5)  # the unused branch of the where stays finite
         grad_neg = np.where(
             active,
             p

@@ -1,0 +1,5 @@
+"""Benchmarks of asl-jax (speed and memory), written to BENCHMARKS.md.
+
+Run from the repository root, e.g. ``python -m benchmarks.loss``. Benchmarks print ratios measured
+side by side in one process; they are never part of the test suite's pass/fail criteria.
+"""

@@ -1,0 +1,225 @@
+"""Shared benchmark helpers: interleaved timing, machine description, BENCHMARKS.md sections.
+
+The machines these benchmarks run on are shared and noisy (2 cores, other jobs running). Absolute
+times mean little; ratios measured side by side in one process mean more, provided the noise hits
+every candidate alike. `interleaved_timings` therefore visits the candidates round-robin, in a new
+random order each round, many rounds, and reports medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "Timing",
+    "command_line",
+    "interleaved_timings",
+    "machine_info",
+    "machine_markdown",
+    "markdown_table",
+    "update_section",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Seconds per call of one candidate, one sample per round."""
+
+    name: str
+    samples: tuple[float, ...]
+    calls_per_sample: int
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        position = q * (len(ordered) - 1)
+        low, high = math.floor(position), math.ceil(position)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    @property
+    def median(self) -> float:
+        return self.quantile(0.5)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median: how noisy this candidate's samples were."""
+        return (self.quantile(0.75) - self.quantile(0.25)) / self.median if self.median else 0.0
+
+
+def interleaved_timings(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int,
+    warmup: int = 2,
+    min_sample_seconds: float = 0.002,
+    seed: int = 0,
+) -> dict[str, Timing]:
+    """Times every candidate in `rounds` interleaved rounds and returns one `Timing` each.
+
+    Each candidate is a zero-argument callable that returns only when its work is done (wrap JAX
+    calls in `jax.block_until_ready`); compile it before calling this function, the warm-up calls
+    are not timed. A sample is the mean over enough back-to-back calls to last at least
+    `min_sample_seconds` (tiny problems run in microseconds, below the timer's jitter). Every round
+    calls the candidates in a fresh random order, so that slow phases of the machine and the order
+    of the calls (caches, frequency) affect all candidates alike.
+
+    Args:
+      candidates: name -> callable.
+      rounds: number of samples per candidate (>= 1).
+      warmup: untimed calls per candidate before the first round.
+      min_sample_seconds: minimum duration of one sample.
+      seed: seed of the per-round shuffling.
+
+    Returns:
+      name -> Timing, in the order of `candidates`.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}.")
+    calls: dict[str, int] = {}
+    for name, fn in candidates.items():
+        elapsed = 0.0
+        for _ in range(max(warmup, 1)):
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+        calls[name] = max(1, math.ceil(min_sample_seconds / max(elapsed, 1e-9)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {name: Timing(name, tuple(samples[name]), calls[name]) for name in candidates}
+
+
+# ------------------------------------------------------------------------------------------------
+# Machine description
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(packages: Sequence[str] = ("jax", "jaxlib", "optax", "numpy", "torch")) -> dict:
+    """What the figures were measured on: CPU, cores, load, package versions, date."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average": load,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in packages},
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def machine_markdown(info: dict) -> str:
+    """`machine_info` as a short Markdown list."""
+    versions = ", ".join(
+        f"{name} {version}" for name, version in info["versions"].items() if version is not None
+    )
+    missing = [name for name, version in info["versions"].items() if version is None]
+    lines = [
+        f"- Machine: {info['cpu']}, {info['usable_cores']} usable cores "
+        f"({info['logical_cores']} logical), Python {info['python']}, {info['platform']}",
+        f"- Versions: {versions}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
+    ]
+    if info["load_average"] is not None:
+        lines.append(
+            "- Load average when the run started (other jobs share the machine): "
+            + " / ".join(f"{x:.2f}" for x in info["load_average"])
+        )
+    if info["xla_flags"]:
+        lines.append(f"- XLA_FLAGS: `{info['xla_flags']}`")
+    lines.append(f"- Date: {info['date']}")
+    return "\n".join(lines)
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run, e.g. ``python -m benchmarks.loss --rounds 50``."""
+    args = shlex.join(sys.argv[1:])
+    return f"python -m {module}" + (f" {args}" if args else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], align: str = ""
+) -> str:
+    """A Markdown table; `align` holds one of ``l``/``r`` per column (default: first l, rest r)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers):
+        raise ValueError(f"align must have one letter per column ({len(headers)}), got {align!r}.")
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_NEW_FILE = """# Benchmarks
+
+Speed and memory of asl-jax, measured side by side in one process. The machines are shared and
+noisy: absolute times move from run to run by tens of percent, ratios between candidates measured
+in the same run are what to look at. Each section is written by the command it names; text
+outside the `<!-- name:begin/end -->` markers is kept as it is.
+"""
+
+
+def update_section(path: str | os.PathLike, name: str, body: str) -> None:
+    """Writes `body` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in `path`.
+
+    The rest of the file is kept as it is; a missing section is appended, a missing file created.
+    Several benchmarks can therefore own one section each of the same BENCHMARKS.md.
+    """
+    path = Path(path)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else _NEW_FILE
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        text = head + block + tail
+    elif begin in text or end in text:
+        raise ValueError(f"{path}: unbalanced markers for section {name!r}; fix them by hand.")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
