@@ -16,40 +16,19 @@ signal number (130 / 143); rerunning the same command resumes. Exit status 1: th
 
 from __future__ import annotations
 
-import os
-import sys
+from absl import app, flags
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from train import common
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Training config file (train/configs/*.py).", lock_config=True
-)
+_CONFIG = common.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results and checkpoints go.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
-)
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host with the cluster's auto-detection (jax.distributed)."
-)
+_DISTRIBUTED = common.define_distributed_flags()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax logs every checkpoint step at INFO; keep the console for progress and results.
-        logging.set_verbosity(logging.WARNING)
-    from asl_jax.training import parallel
-
-    # Before anything touches a device.
-    parallel.initialize_distributed(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
-    )
+    common.no_positional_args(argv)
+    common.quiet_logging()
+    _DISTRIBUTED.initialize()  # before anything touches a device
     import jax
 
     from asl_jax.training.config import ConfigError
@@ -63,8 +42,7 @@ def main(argv: list[str]) -> int:
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, WorkdirConfigError, NonFiniteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return common.error(str(e))
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)
     if result.interrupted:

@@ -375,6 +375,12 @@ def train_and_evaluate(
         _log(f"Resuming from step {restored_step} ({ckpt.path(restored_step)}).")
     if is_main:
         write_json(config_path, config.to_dict())
+        # The class order of the model's outputs, for train.predict and train.evaluate (one name
+        # a line, like the folder dataset's classes.txt).
+        classes_path = os.path.join(workdir, "classes.txt")
+        with open(f"{classes_path}.tmp", "w", encoding="utf-8") as f:
+            f.writelines(f"{name}\n" for name in source.class_names)
+        os.replace(f"{classes_path}.tmp", classes_path)
     log = MetricsLog(
         os.path.join(workdir, "metrics.jsonl"), keep_until_step=restored_step, enabled=is_main
     )

@@ -1,0 +1,152 @@
+"""Tests of ``python -m train.compare``: results files, failure isolation, reuse, interruption."""
+
+import json
+import os
+import shutil
+import signal
+import types
+
+import pytest
+
+from train import compare
+
+
+def test_cli_writes_the_results_and_isolates_a_failed_run(comparison):
+    proc, workdir = comparison.proc, comparison.workdir
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 run(s) failed: asl_adaptive" in proc.stderr
+    # The table and where the results are, on stdout.
+    assert "| BCE |" in proc.stdout and "| ASL + adaptive γ− |" in proc.stdout
+    assert f"Results in {workdir}: compare.json, compare.md" in proc.stdout
+
+    result = json.load(open(os.path.join(workdir, "compare.json")))
+    assert result["status"] == "failed" and result["losses"] == ["bce", "asl_adaptive"]
+    bce, adaptive = result["runs"]
+    assert bce["loss"] == "bce" and bce["status"] == "completed"
+    assert bce["step"] == bce["total_steps"] == 8 and bce["resumed_from"] is None
+    for key in ("best_map", "best_map_ema", "final_map", "final_map_ema", "final_cf1", "final_of1"):
+        assert 0.0 <= bce[key] <= 1.0, key
+    assert bce["best_map"] >= bce["final_map"] and bce["best_map_step"] in (4, 8)
+    assert bce["final_gamma_neg"] == 0.0  # the γ− BCE applies
+    assert -1.0 <= bce["delta_p_end"] <= 1.0 and bce["wall_time_s"] > 0
+    summary = json.load(open(os.path.join(workdir, "bce", "summary.json")))
+    assert bce["final_map"] == summary["final"]["map"]
+    assert bce["best_map_ema"] == summary["best_map_ema"]
+
+    assert adaptive["status"] == "failed"
+    assert adaptive["error"].startswith("ConfigError: loss.gamma_neg=4.0")
+    assert "validate_config" in adaptive["traceback"]  # the end of the traceback
+    assert len(adaptive["traceback"].splitlines()) <= compare.TRACEBACK_LINES
+
+    md = open(os.path.join(workdir, "compare.md")).read()
+    assert "--losses=bce,asl_adaptive" in md and "--config.loss.adaptive_max_gamma_neg=1.0" in md
+    assert md.startswith("# Loss comparison\n\n```\npython -m train.compare ")
+    bce_row = next(line for line in md.splitlines() if line.startswith("| BCE |"))
+    assert f"| {100 * bce['final_map']:.2f} |" in bce_row and bce_row.endswith("| completed |")
+    assert "Failed runs:" in md and "ConfigError: loss.gamma_neg=4.0" in md
+    # The adaptive run failed: no γ− plot.
+    assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["delta_p.png", "map.png"]
+    config = json.load(open(os.path.join(workdir, "bce", "config.json")))
+    assert config["loss"]["name"] == "bce" and config["data"]["num_train"] == 256
+
+
+def test_rerun_reuses_the_finished_run_and_reports_a_run_that_raises(comparison, tmp_path):
+    workdir = str(tmp_path / "runs")
+    shutil.copytree(comparison.workdir, workdir)
+    metrics = open(os.path.join(workdir, "bce", "metrics.jsonl")).read()
+    calls = []
+
+    def train_fn(config, run_dir, **kwargs):
+        from asl_jax.training import train_and_evaluate
+
+        calls.append(config.loss.name)
+        if config.loss.name == "focal":
+            raise RuntimeError("boom")
+        return train_and_evaluate(config, run_dir, **kwargs)
+
+    # Without the failing override: loss.adaptive_max_gamma_neg is not a BCE setting, so the
+    # finished BCE run is reused rather than refused.
+    result = compare.compare(
+        comparison.config(),
+        workdir,
+        ("focal", "bce"),
+        command="python -m train.compare ...",
+        train_fn=train_fn,
+        handle_signals=False,
+    )
+    assert calls == ["focal", "bce"]
+    assert result["status"] == "failed"
+    focal, bce = result["runs"]
+    assert focal["status"] == "failed" and focal["error"] == "RuntimeError: boom"
+    assert "train_fn" in focal["traceback"] and "boom" in focal["traceback"]
+    first = json.load(open(os.path.join(comparison.workdir, "compare.json")))["runs"][0]
+    assert bce["status"] == "completed" and bce["resumed_from"] == 8
+    for key in ("final_map", "best_map", "final_map_ema", "final_cf1", "delta_p_end"):
+        assert bce[key] == first[key], key
+    assert open(os.path.join(workdir, "bce", "metrics.jsonl")).read() == metrics  # not retrained
+    md = open(os.path.join(workdir, "compare.md")).read()
+    assert "- focal: `RuntimeError: boom`" in md
+
+
+def _fake_result(workdir, *, interrupted, step):
+    records = [
+        {"kind": "train", "step": s, "loss": 1.0, "delta_p": 0.1 * s, "gamma_neg": 4.0}
+        for s in range(1, step + 1)
+    ] + [{"kind": "eval", "step": step, "map": 0.5, "map_ema": 0.4}]
+    summary = {
+        "step": step,
+        "total_steps": 10,
+        "final": {"map": 0.5, "map_ema": 0.4, "cf1": 0.3, "of1": 0.2},
+        "best_map": 0.5,
+        "best_map_step": step,
+        "best_map_ema": 0.4,
+        "best_map_ema_step": step,
+        "final_gamma_neg": 4.0,
+        "final_delta_p": 0.1,
+        "num_skipped": 0,
+        "wall_time_s": 1.0,
+    }
+    return types.SimpleNamespace(
+        summary=summary, records=records, interrupted=interrupted, workdir=workdir
+    )
+
+
+def test_an_interrupted_run_stops_the_comparison(comparison, tmp_path):
+    def train_fn(config, run_dir, **kwargs):
+        stop = config.loss.name == "asl"
+        return _fake_result(run_dir, interrupted=int(signal.SIGTERM) if stop else None, step=10)
+
+    result = compare.compare(
+        comparison.config(),
+        tmp_path,
+        ("bce", "asl", "asl_adaptive"),
+        command="cmd",
+        source=object(),
+        train_fn=train_fn,
+    )
+    assert result["status"] == "interrupted" and result["signal"] == signal.SIGTERM
+    assert [r["status"] for r in result["runs"]] == ["completed", "interrupted", "not run"]
+    # Δp end: the mean over the train records of the last 10% of the steps (step 9 and 10).
+    assert result["runs"][0]["delta_p_end"] == pytest.approx(0.95)
+    md = open(tmp_path / "compare.md").read()
+    assert "| interrupted at step 10 |" in md and "| not run |" in md
+
+
+def test_loss_configs_and_the_losses_flag(comparison):
+    base = comparison.config()
+    expected = {
+        "bce": ("bce", False),
+        "focal": ("focal", False),
+        "asl": ("asl", False),
+        "asl_adaptive": ("asl", True),
+    }
+    assert compare.DEFAULT_LOSSES == tuple(expected)
+    for loss, (name, adaptive) in expected.items():
+        config = compare.loss_config(base, loss)
+        assert (config.loss.name, config.loss.adaptive) == (name, adaptive)
+        assert config.data.num_train == 256 and config.name == f"default:{loss}"
+    assert compare.describe_loss(compare.loss_config(base, "focal")) == "γ=2"
+    assert compare.parse_losses(" asl, bce ") == ("asl", "bce")
+    for bad, message in (("asl,nope", "unknown: nope"), ("bce,bce", "twice"), ("", "expected")):
+        with pytest.raises(ValueError, match=message):
+            compare.parse_losses(bad)

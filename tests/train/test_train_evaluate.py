@@ -1,0 +1,81 @@
+"""Tests of ``python -m train.evaluate`` on the BCE run of the shared tiny comparison."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from train.common import RunError
+from train.evaluate import evaluate_workdir, format_result
+
+
+def test_cli_evaluates_the_latest_checkpoint_like_the_training_run(comparison):
+    run = comparison.run
+    proc = comparison.cli("train.evaluate", f"--workdir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    final = summary["final"]
+    assert f"{run}: model at step 8 on the val split (64 images, 30 classes" in proc.stdout
+    assert f"| mAP | {100 * final['map']:.2f} |" in proc.stdout
+    assert f"| OF1 | {100 * final['of1']:.2f} |" in proc.stdout
+    assert f"in {os.path.join(run, 'eval.json')}" in proc.stdout
+
+    result = json.load(open(os.path.join(run, "eval.json")))
+    assert result["step"] == 8 and result["split"] == "val" and result["model"] == "regular"
+    assert result["num_images"] == 64 and result["threshold"] == 0.5
+    for key in ("map", "cp", "cr", "cf1", "op", "or", "of1"):
+        # Same checkpoint, same data, same metrics as the evaluation at the end of training.
+        assert result[key] == pytest.approx(final[key], abs=1e-6), key
+    classes = open(os.path.join(run, "classes.txt")).read().split()
+    assert [c["class"] for c in result["per_class"]] == classes and len(classes) == 30
+    aps = [c["ap"] for c in result["per_class"] if c["ap"] is not None]
+    assert result["map"] == pytest.approx(np.mean(aps))
+    # A class without positives in the split has no AP (and is left out of the mean).
+    assert all((c["ap"] is None) == (c["num_positives"] == 0) for c in result["per_class"])
+
+
+def test_ema_best_checkpoint_train_split_and_output(comparison, tmp_path):
+    summary = json.load(open(os.path.join(comparison.run, "summary.json")))
+    output = tmp_path / "best.json"
+    result = evaluate_workdir(comparison.run, ema=True, best=True, output=output)
+    assert result["step"] == summary["best_map_ema_step"] and result["model"] == "ema"
+    assert result["map"] == pytest.approx(summary["best_map_ema"], abs=1e-6)
+    assert json.load(open(output))["map"] == result["map"]
+    assert "EMA model at step" in format_result(result)
+
+    result = evaluate_workdir(comparison.run, split="train", step=4, threshold=0.3, output="")
+    assert result["num_images"] == 256 and result["step"] == 4 and result["threshold"] == 0.3
+    assert "output" not in result
+
+
+def test_errors_name_the_problem(comparison, tmp_path):
+    with pytest.raises(RunError, match="does not exist"):
+        evaluate_workdir(tmp_path / "nope")
+    with pytest.raises(RunError, match=r"config\.json not found"):
+        evaluate_workdir(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(os.path.join(comparison.run, "config.json"), empty)
+    with pytest.raises(RunError, match="no checkpoint in"):
+        evaluate_workdir(empty)
+    assert not (empty / "checkpoints").exists()  # looking did not create it
+    with pytest.raises(RunError, match=r"no checkpoint of step 5 .*steps 4, 8"):
+        evaluate_workdir(comparison.run, step=5)
+    # The best evaluation's checkpoint was not kept.
+    copy = tmp_path / "copy"
+    shutil.copytree(comparison.run, copy)
+    summary = json.load(open(copy / "summary.json"))
+    summary["best_map_step"] = 6
+    json.dump(summary, open(copy / "summary.json", "w"))
+    with pytest.raises(RunError, match="at step 6, but that checkpoint is no longer kept"):
+        evaluate_workdir(copy, best=True)
+    with pytest.raises(ValueError, match="--split='test'"):
+        evaluate_workdir(comparison.run, split="test")
+
+
+def test_cli_error_exit_status(comparison, tmp_path):
+    proc = comparison.cli("train.evaluate", f"--workdir={tmp_path / 'missing'}")
+    assert proc.returncode == 1
+    assert f"error: workdir {tmp_path / 'missing'} does not exist" in proc.stderr

@@ -1,0 +1,285 @@
+"""What the ``train`` commands share: config and multi-host flags, and reopening a finished run.
+
+``python -m train`` and ``python -m train.compare`` take the same ``--config`` / ``--config.*``
+flags (:func:`define_config_flag`); ``python -m train.evaluate`` and ``python -m train.predict``
+reopen a workdir written by them (:func:`open_run`): its ``config.json``, class names and a
+checkpoint, restored into the programs the config builds.
+
+Flags are defined by functions, called by the module that ``python -m`` runs, so that the
+commands can also be imported side by side (tests) without absl's duplicate-flag errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+
+
+class RunError(Exception):
+    """A workdir cannot be used as asked (missing, no checkpoint, no such step...).
+
+    The message says what is wrong and what to do; the commands print it and exit with status 1.
+    """
+
+
+def define_config_flag() -> Any:
+    """``--config`` (a ``train/configs/*.py`` file, default ``default.py``) and ``--config.*``."""
+    from ml_collections import config_flags
+
+    return config_flags.DEFINE_config_file(
+        "config", DEFAULT_CONFIG, "Training config file (train/configs/*.py).", lock_config=True
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedFlags:
+    """The multi-host flags (see :func:`define_distributed_flags`)."""
+
+    coordinator_address: Any
+    num_processes: Any
+    process_id: Any
+    distributed: Any
+
+    def initialize(self) -> bool:
+        """``jax.distributed`` from the flags; call before anything touches a device."""
+        from asl_jax.training import parallel
+
+        return parallel.initialize_distributed(
+            self.coordinator_address.value,
+            self.num_processes.value,
+            self.process_id.value,
+            auto=self.distributed.value,
+        )
+
+
+def define_distributed_flags() -> DistributedFlags:
+    """``--coordinator_address``, ``--num_processes``, ``--process_id`` and ``--distributed``."""
+    return DistributedFlags(
+        flags.DEFINE_string(
+            "coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator."
+        ),
+        flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes."),
+        flags.DEFINE_integer("process_id", None, "Multi-host: index of this process."),
+        flags.DEFINE_bool(
+            "distributed", False, "Multi-host with the cluster's auto-detection (jax.distributed)."
+        ),
+    )
+
+
+def quiet_logging() -> None:
+    """absl logs at WARNING unless ``--verbosity`` is given.
+
+    Orbax logs every checkpoint step at INFO; the console is kept for progress and results.
+    """
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def no_positional_args(argv: list[str]) -> None:
+    """Raises ``app.UsageError`` when a command that takes none gets positional arguments."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def error(message: str) -> int:
+    """Prints ``error: message`` to stderr and returns the exit status 1."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+@dataclasses.dataclass
+class OpenRun:
+    """A trained run, reopened from its workdir by :func:`open_run`.
+
+    Attributes:
+      workdir: absolute path of the workdir.
+      config: the run's config (``ml_collections.ConfigDict`` from ``config.json``).
+      class_names: the class names, in label-index order.
+      step: the step of the restored checkpoint.
+      checkpoint: the checkpoint's directory.
+      state: the restored :class:`~asl_jax.training.TrainState`.
+      programs: the run's :class:`~asl_jax.training.Programs` (``programs.eval`` gives the
+        probabilities of the regular and the EMA model).
+      mesh: the device mesh the state lives on.
+      summary: ``summary.json`` (None when the run did not write one).
+    """
+
+    workdir: str
+    config: Any
+    class_names: tuple[str, ...]
+    step: int
+    checkpoint: str
+    state: Any
+    programs: Any
+    mesh: Any
+    summary: dict[str, Any] | None
+
+
+def read_workdir_config(workdir: str) -> Any:
+    """The validated config of ``workdir/config.json``.
+
+    Raises:
+      RunError: no such directory, no ``config.json``, or an invalid one.
+    """
+    import ml_collections
+
+    from asl_jax.training.config import ConfigError, validate_config
+    from asl_jax.training.logging import read_json
+
+    if not os.path.isdir(workdir):
+        raise RunError(
+            f"workdir {workdir} does not exist (train with: python -m train --workdir=…)"
+        )
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
+    config = ml_collections.ConfigDict(read_json(path))
+    try:
+        validate_config(config)
+    except ConfigError as e:
+        raise RunError(f"{path}: {e}") from e
+    return config
+
+
+def read_class_names(workdir: str, config: Any) -> tuple[str, ...]:
+    """The run's class names: ``classes.txt`` of the workdir (written by the training loop).
+
+    Workdirs written before ``classes.txt`` existed fall back to the data source of the config
+    (for ``folder`` data this reads the dataset's CSV files again).
+    """
+    path = os.path.join(workdir, "classes.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return tuple(line.rstrip("\n") for line in f if line.strip())
+    return tuple(build_source(config).class_names)
+
+
+def build_source(config: Any) -> Any:
+    """The data source of ``config`` (``RunError`` when it cannot be built, e.g. data moved)."""
+    from asl_jax.data import create_source
+
+    try:
+        return create_source(config.data, seed=int(config.seed))
+    except (ValueError, OSError) as e:
+        raise RunError(f"cannot build the data source data.name={config.data.name!r}: {e}") from e
+
+
+def data_mesh(batch_size: int) -> Any:
+    """A mesh over as many local devices as divide ``batch_size`` (evaluation on any machine).
+
+    The training mesh may have had more (or other) devices; the restored state is replicated, so
+    any number of devices that splits the batch evenly works.
+    """
+    import jax
+
+    from asl_jax.training.parallel import make_mesh
+
+    devices = jax.local_devices()
+    n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
+    return make_mesh(devices[:n])
+
+
+def open_run(
+    workdir: str | os.PathLike[str],
+    *,
+    step: int | None = None,
+    best: bool = False,
+    ema: bool = False,
+    batch_size: int | None = None,
+) -> OpenRun:
+    """Reopens a trained run: config, class names, programs and a restored checkpoint.
+
+    Args:
+      workdir: a workdir of ``python -m train`` (or of one loss of ``python -m train.compare``).
+      step: the checkpoint to restore (default: the latest).
+      best: restore the checkpoint of the best validation mAP of ``summary.json`` (of the EMA
+        model when ``ema``); exclusive with ``step``.
+      ema: with ``best``, use the EMA model's best step.
+      batch_size: the batch size the caller will feed ``programs.eval`` (default: the run's
+        evaluation batch size); the mesh is chosen so that it divides it.
+
+    Returns:
+      An :class:`OpenRun`.
+
+    Raises:
+      RunError: missing workdir or config, no checkpoint, the step asked for has no checkpoint
+        (the message lists those that exist).
+    """
+    import jax
+
+    from asl_jax.training.checkpoint import Checkpointer
+    from asl_jax.training.logging import read_json
+    from asl_jax.training.loop import build_programs
+
+    if step is not None and best:
+        raise ValueError("give either step or best=True, not both")
+    workdir = os.path.abspath(os.fspath(workdir))
+    config = read_workdir_config(workdir)
+    summary_path = os.path.join(workdir, "summary.json")
+    summary = read_json(summary_path) if os.path.isfile(summary_path) else None
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    # Checked before Checkpointer(), which would create the directory.
+    if not os.path.isdir(ckpt_dir):
+        raise RunError(f"no checkpoint in {workdir} (no checkpoints/ directory)")
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        steps = sorted(ckpt.all_steps())
+        if not steps:
+            raise RunError(f"no checkpoint in {ckpt_dir}")
+        if best:
+            key = "best_map_ema" if ema else "best_map"
+            if summary is None or summary.get(f"{key}_step") is None:
+                raise RunError(
+                    f"--best needs the evaluations of {summary_path}, which is missing or has "
+                    "none; give --step or omit it for the latest checkpoint"
+                )
+            step = int(summary[f"{key}_step"])
+            if step not in steps:
+                raise RunError(
+                    f"the best {'EMA ' if ema else ''}mAP ({100 * summary[key]:.2f}%) was "
+                    f"evaluated at step {step}, but that checkpoint is no longer kept (checkpoints "
+                    f"of steps {', '.join(map(str, steps))}); give --step, or train with "
+                    "checkpoint_every dividing eval_every and a larger max_checkpoints_to_keep"
+                )
+        elif step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise RunError(
+                f"no checkpoint of step {step} in {ckpt_dir} (checkpoints of steps "
+                f"{', '.join(map(str, steps))})"
+            )
+        class_names = read_class_names(workdir, config)
+        batch_size = batch_size or int(config.eval_batch_size) or int(config.batch_size)
+        mesh = data_mesh(batch_size)
+        # total_steps only shapes the learning-rate schedule, not the optimizer state's
+        # structure that the checkpoint is restored into; the run's own value keeps the
+        # compiled programs shared with training when both happen in one process.
+        total_steps = int((summary or {}).get("total_steps") or config.num_steps or 1)
+        programs = build_programs(
+            config,
+            num_classes=len(class_names),
+            image_size=int(config.data.image_size),
+            total_steps=total_steps,
+            mesh=mesh,
+        )
+        state = ckpt.restore(programs.init(jax.random.key(int(config.seed))), step)
+        return OpenRun(
+            workdir=workdir,
+            config=config,
+            class_names=class_names,
+            step=step,
+            checkpoint=ckpt.path(step),
+            state=state,
+            programs=programs,
+            mesh=mesh,
+            summary=summary,
+        )
+    finally:
+        ckpt.close()

@@ -1,0 +1,544 @@
+"""``python -m train.compare``: BCE, focal loss, ASL and ASL + adaptive γ− on the same run.
+
+The paper's comparison at our scale: every loss trains on the same data with the same seed,
+model, schedule and config overrides (the ``--config`` / ``--config.*`` flags of
+``python -m train``); only ``loss.name`` and ``loss.adaptive`` are set per run:
+
+    python -m train.compare                                        # the default config, 4 runs
+    python -m train.compare --config.data.drop_positive_fraction=0.3 --workdir=runs/compare_noise
+    python -m train.compare --losses=bce,asl --config.num_steps=256
+
+| ``--losses`` name | loss |
+|---|---|
+| ``bce``          | binary cross-entropy (``loss.name=bce``) |
+| ``focal``        | focal loss, γ+ = γ− = ``loss.focal_gamma``, no margin (``loss.name=focal``) |
+| ``asl``          | ASL with ``loss.gamma_pos``, ``loss.gamma_neg``, ``loss.clip`` |
+| ``asl_adaptive`` | the same ASL with ``loss.adaptive=True`` (γ− starts at ``loss.gamma_neg``) |
+
+The runs go one after another, each in its own workdir ``WORKDIR/<loss>/`` (a complete
+``python -m train`` workdir: evaluate or predict with it). Results in ``WORKDIR``:
+
+- ``compare.json``: per loss the status (``completed``, ``failed``, ``interrupted``, ``not run``),
+  best and final validation mAP of the regular and the EMA model (fractions in [0, 1]), CF1, OF1,
+  final Δp and γ−, wall time; for a failed run the error and the end of its traceback;
+- ``compare.md``: the table (mAP, CF1 and OF1 ×100) and the exact command;
+- ``plots/``: ``map.png`` (validation mAP over training per loss), ``delta_p.png`` (Δp per
+  loss) and ``gamma_neg.png`` (γ− of the adaptive run).
+
+A run that fails (invalid setting for that loss, non-finite training, ...) is reported and the
+others still run; the exit status is then 1. Rerunning the same command reuses what is done:
+finished runs are restored from their final checkpoint without training again, interrupted runs
+resume where they stopped (same result as uninterrupted), failed runs are retried. A per-loss
+workdir holding a run with other result-changing settings is refused (reported as failed): use
+another ``--workdir``. ``loss.*`` settings that a loss does not use do not count (see
+:data:`USED_LOSS_FIELDS`): rerunning with another ``loss.adaptive_step_size`` reuses the BCE,
+focal and ASL runs and refuses only the adaptive one. Ctrl-C / SIGTERM stops the current run at a step boundary with a
+checkpoint, writes the results so far and exits with 128 + the signal number.
+
+Single process only (for several hosts, run ``python -m train`` per loss).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+#: Per-loss settings on top of the shared config, in the order of the paper's comparison.
+LOSSES: dict[str, dict[str, Any]] = {
+    "bce": {"name": "bce", "adaptive": False},
+    "focal": {"name": "focal", "adaptive": False},
+    "asl": {"name": "asl", "adaptive": False},
+    "asl_adaptive": {"name": "asl", "adaptive": True},
+}
+#: The ``loss.*`` fields each loss uses. A finished run is reused when only fields it does not use
+#: changed (e.g. ``loss.adaptive_step_size`` for BCE): see :func:`keep_unused_loss_fields`.
+_ASL_FIELDS = {"name", "adaptive", "reduction", "gamma_pos", "gamma_neg", "clip"}
+USED_LOSS_FIELDS: dict[str, frozenset[str]] = {
+    "bce": frozenset({"name", "adaptive", "reduction"}),
+    "focal": frozenset({"name", "adaptive", "reduction", "focal_gamma", "detach_focal_weight"}),
+    "asl": frozenset(_ASL_FIELDS | {"detach_focal_weight"}),
+    "asl_adaptive": frozenset(
+        _ASL_FIELDS
+        | {"detach_focal_weight", "delta_p_target", "adaptive_step_size"}
+        | {"adaptive_min_gamma_neg", "adaptive_max_gamma_neg"}
+    ),
+}
+LABELS = {"bce": "BCE", "focal": "focal", "asl": "ASL", "asl_adaptive": "ASL + adaptive γ−"}
+DEFAULT_LOSSES = tuple(LOSSES)
+#: Δp is reported as its mean over the train records of the last fraction of the steps: the
+#: value of a single logged batch is noisy (±0.03 at batch 64).
+DELTA_P_TAIL = 0.1
+#: Lines of a failed run's traceback kept in compare.json.
+TRACEBACK_LINES = 12
+
+
+def parse_losses(text: str) -> tuple[str, ...]:
+    """``"bce,asl"`` -> ``("bce", "asl")``; ValueError for unknown, duplicate or no names."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in LOSSES]
+    if unknown or not names:
+        raise ValueError(
+            f"--losses={text!r}: expected a comma-separated list of {', '.join(LOSSES)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--losses={text!r}: a loss is listed twice")
+    return names
+
+
+def loss_config(base: Any, loss: str) -> Any:
+    """An unlocked copy of ``base`` set up for ``loss`` (a key of :data:`LOSSES`)."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.loss.name = LOSSES[loss]["name"]
+    config.loss.adaptive = LOSSES[loss]["adaptive"]
+    config.name = f"{base.name}:{loss}"
+    return config
+
+
+def keep_unused_loss_fields(config: Any, loss: str, run_dir: str) -> list[str]:
+    """Takes the ``loss.*`` fields ``loss`` does not use from ``run_dir/config.json``, if any.
+
+    The training loop refuses to resume a workdir whose config differs in any result-changing
+    field; for one loss of the comparison, a field it does not use cannot change its result, so
+    its existing run stays valid (changing ``loss.gamma_neg`` retrains ASL, not BCE).
+
+    Returns:
+      The fields taken over (whose value differed), as ``"loss.x"``.
+    """
+    from asl_jax.training.logging import read_json
+
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return []
+    try:
+        old = read_json(path).get("loss", {})
+    except (OSError, ValueError, AttributeError):
+        return []  # the training loop reports an unusable workdir
+    kept = []
+    for field in list(config.loss.keys()):
+        if field in USED_LOSS_FIELDS[loss] or field not in old:
+            continue
+        if old[field] != config.loss[field]:
+            config.loss[field] = old[field]
+            kept.append(f"loss.{field}")
+    return kept
+
+
+def describe_loss(config: Any) -> str:
+    """A short description of the loss settings, e.g. ``γ+=0, γ−=4, m=0.05``."""
+    loss = config.loss
+    if loss.name == "bce":
+        return "—"
+    if loss.name == "focal":
+        return f"γ={loss.focal_gamma:g}"
+    text = f"γ+={loss.gamma_pos:g}, γ−={loss.gamma_neg:g}, m={loss.clip:g}"
+    if loss.adaptive:
+        text += f"; adaptive: Δp target {loss.delta_p_target:g}, λ={loss.adaptive_step_size:g}"
+    return text
+
+
+def _tail_mean(records: Sequence[Mapping[str, Any]], key: str, total_steps: int) -> float | None:
+    start = total_steps * (1.0 - DELTA_P_TAIL)
+    values = [
+        r[key]
+        for r in records
+        if r.get("kind") == "train" and r["step"] >= start and r.get(key) is not None
+    ]
+    return float(sum(values) / len(values)) if values else None
+
+
+def _entry(loss: str, config: Any, workdir: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "loss": loss,
+        "label": LABELS[loss],
+        "settings": describe_loss(config),
+        "status": status,
+        "workdir": workdir,
+        **extra,
+    }
+
+
+def run_entry(loss: str, config: Any, result: Any, resumed_from: int | None) -> dict[str, Any]:
+    """The compare.json entry of a run that returned (completed or interrupted)."""
+    summary = result.summary
+    final = summary.get("final") or {}
+    status = "completed" if result.interrupted is None else "interrupted"
+    return {
+        **_entry(loss, config, result.workdir, status),
+        "step": summary["step"],
+        "total_steps": summary["total_steps"],
+        "resumed_from": resumed_from,
+        "best_map": summary.get("best_map"),
+        "best_map_step": summary.get("best_map_step"),
+        "best_map_ema": summary.get("best_map_ema"),
+        "best_map_ema_step": summary.get("best_map_ema_step"),
+        "final_map": final.get("map"),
+        "final_map_ema": final.get("map_ema"),
+        "final_cf1": final.get("cf1"),
+        "final_of1": final.get("of1"),
+        "final_cf1_ema": final.get("cf1_ema"),
+        "final_of1_ema": final.get("of1_ema"),
+        "final_delta_p": summary.get("final_delta_p"),
+        "delta_p_end": _tail_mean(result.records, "delta_p", summary["total_steps"]),
+        "final_gamma_neg": summary.get("final_gamma_neg"),
+        "num_skipped": summary.get("num_skipped"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
+
+
+def failed_entry(loss: str, config: Any, workdir: str, exc: BaseException) -> dict[str, Any]:
+    """The compare.json entry of a run that raised ``exc``."""
+    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()
+    return _entry(
+        loss,
+        config,
+        workdir,
+        "failed",
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="\n".join(lines[-TRACEBACK_LINES:]),
+    )
+
+
+def _latest_step(workdir: str) -> int | None:
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return None
+    steps = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()]
+    return max(steps) if steps else None
+
+
+def compare(
+    base_config: Any,
+    workdir: str | os.PathLike[str],
+    losses: Sequence[str] = DEFAULT_LOSSES,
+    *,
+    command: str | None = None,
+    source: Any = None,
+    train_fn: Callable[..., Any] | None = None,
+    handle_signals: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trains ``base_config`` once per loss and writes compare.json, compare.md and plots/.
+
+    Args:
+      base_config: the shared training config (``train/configs/*.py`` plus overrides).
+      workdir: where the per-loss workdirs and the results go.
+      losses: keys of :data:`LOSSES`, in the order to run them.
+      command: the command line recorded in compare.md (default: this process's).
+      source: the dataset; default ``create_source(base_config.data, seed=base_config.seed)``,
+        built once and shared by every run.
+      train_fn: the training function (default
+        :func:`asl_jax.training.train_and_evaluate`; tests substitute failing ones).
+      handle_signals: let the runs handle SIGINT / SIGTERM (stop at a step boundary).
+      log: where progress lines go (default: stderr).
+
+    Returns:
+      The content of ``compare.json``: ``command``, ``workdir``, ``losses``, ``status``
+      (``completed``, ``failed`` when a run failed, ``interrupted``), ``signal`` (the signal
+      number that interrupted a run, else None), ``runs`` (one entry per
+      loss, in order; see the module docstring), ``config`` (the shared config).
+    """
+    from asl_jax.data import create_source
+    from asl_jax.training.loop import train_and_evaluate
+
+    train_fn = train_and_evaluate if train_fn is None else train_fn
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    workdir = os.path.abspath(os.fspath(workdir))
+    losses = parse_losses(",".join(losses))
+    if command is None:
+        command = shlex.join(["python", "-m", "train.compare", *sys.argv[1:]])
+    if source is None:
+        source = create_source(base_config.data, seed=int(base_config.seed))
+    os.makedirs(workdir, exist_ok=True)
+
+    runs: list[dict[str, Any]] = []
+    records: dict[str, list[dict[str, Any]]] = {}
+    interrupted: int | None = None
+    for i, loss in enumerate(losses):
+        config = loss_config(base_config, loss)
+        run_dir = os.path.join(workdir, loss)
+        if interrupted is not None:
+            runs.append(_entry(loss, config, run_dir, "not run"))
+            continue
+        log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} ({describe_loss(config)}) -> {run_dir}")
+        resumed_from = _latest_step(run_dir)
+        if resumed_from is not None:
+            keep_unused_loss_fields(config, loss, run_dir)
+        start = time.time()
+        try:
+            result = train_fn(config, run_dir, source=source, handle_signals=handle_signals)
+        except KeyboardInterrupt:  # a second Ctrl-C aborts the run without a checkpoint
+            interrupted = int(signal.SIGINT)
+            error = "KeyboardInterrupt: aborted (second Ctrl-C)"
+            runs.append(_entry(loss, config, run_dir, "interrupted", error=error))
+            continue
+        except Exception as e:  # one bad run must not cost the others
+            log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} FAILED:\n{traceback.format_exc()}")
+            runs.append(failed_entry(loss, config, run_dir, e))
+            continue
+        entry = run_entry(loss, config, result, resumed_from)
+        runs.append(entry)
+        records[loss] = list(result.records)
+        if result.interrupted is not None:
+            interrupted = int(result.interrupted) or int(signal.SIGTERM)
+        verb = "reused" if resumed_from == entry["total_steps"] else "done"
+        log(
+            f"[{i + 1}/{len(losses)}] {LABELS[loss]} {verb} in {time.time() - start:.0f} s: "
+            f"final mAP {_pct(entry['final_map'])} (EMA {_pct(entry['final_map_ema'])}), "
+            f"best {_pct(entry['best_map'])}"
+        )
+
+    if interrupted is not None:
+        status = "interrupted"
+    elif any(r["status"] == "failed" for r in runs):
+        status = "failed"
+    else:
+        status = "completed"
+    result = {
+        "command": command,
+        "workdir": workdir,
+        "losses": list(losses),
+        "status": status,
+        "signal": interrupted,
+        "runs": runs,
+        "config": base_config.to_dict(),
+    }
+    from asl_jax.training.logging import write_json
+
+    write_json(os.path.join(workdir, "compare.json"), result)
+    with open(os.path.join(workdir, "compare.md"), "w", encoding="utf-8") as f:
+        f.write(format_markdown(result))
+    try:
+        plot_compare(runs, records, os.path.join(workdir, "plots"))
+    except Exception as e:  # plots are a convenience: never lose the results to them
+        log(f"warning: could not write plots: {e!r}")
+    return result
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
+
+
+def _x100(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of compare.md (mAP, CF1, OF1 ×100)."""
+    header = (
+        "| loss | settings | mAP best (step) | mAP final | EMA mAP best | EMA mAP final "
+        "| CF1 | OF1 | Δp end | γ− end | time (s) | status |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for r in runs:
+        if r["status"] in ("completed", "interrupted"):
+            best = f"{_x100(r['best_map'])} ({r['best_map_step']})"
+            cells = [
+                best,
+                _x100(r["final_map"]),
+                _x100(r["best_map_ema"]),
+                _x100(r["final_map_ema"]),
+                _x100(r["final_cf1"]),
+                _x100(r["final_of1"]),
+                _num(r["delta_p_end"]),
+                _num(r["final_gamma_neg"], ".2f"),
+                _num(r["wall_time_s"], ".0f"),
+            ]
+            status = r["status"]
+            if r["status"] == "interrupted":
+                status += f" at step {r['step']}"
+        else:
+            cells = ["–"] * 9
+            status = r["status"]
+        lines.append(f"| {r['label']} | {r['settings']} | " + " | ".join(cells) + f" | {status} |")
+    return "\n".join(lines)
+
+
+def _setup(config: Mapping[str, Any]) -> str:
+    data = config["data"]
+    what = f"data {data['name']}"
+    if data["name"] == "shapes":
+        what += f" ({data['num_train']} train / {data['num_val']} val images"
+        if data.get("drop_positive_fraction"):
+            what += f", {100 * data['drop_positive_fraction']:g}% of the train positives dropped"
+        what += ")"
+    steps = (
+        f"{config['num_steps']} steps" if config["num_steps"] else f"{config['num_epochs']} epochs"
+    )
+    return (
+        f"Setup: {what} at {data['image_size']} px; model {config['model']['name']} "
+        f"(width {config['model']['width']}); {steps} of batch {config['batch_size']}, "
+        f"{config['optimizer']} lr {config['learning_rate']:g} {config['schedule']}; "
+        f"seed {config['seed']}."
+    )
+
+
+def format_markdown(result: Mapping[str, Any]) -> str:
+    """compare.md: the command, the setup, the table and the errors of failed runs."""
+    parts = [
+        "# Loss comparison",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+        _setup(result["config"]),
+        "",
+        format_table(result["runs"]),
+        "",
+        "Validation mAP (regular and EMA model), CF1 and OF1 (final regular model, threshold "
+        f"{result['config']['threshold']:g}) in %. Δp end = p̄− − p̄+ averaged over the train "
+        f"batches of the last {100 * DELTA_P_TAIL:g}% of the steps; γ− end = the γ− the loss "
+        "applied at the last step (0 for BCE, γ for focal).",
+    ]
+    failed = [r for r in result["runs"] if r["status"] == "failed"]
+    if failed:
+        parts += ["", "Failed runs:", ""]
+        for r in failed:
+            parts.append(f"- {r['label']}: `{r['error'].splitlines()[0]}`")
+    return "\n".join(parts) + "\n"
+
+
+def plot_compare(
+    runs: Sequence[Mapping[str, Any]],
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    out_dir: str | os.PathLike[str],
+) -> list[str]:
+    """Writes ``map.png``, ``delta_p.png`` and (with an adaptive run) ``gamma_neg.png``.
+
+    Args:
+      runs: the compare.json entries (their ``loss`` and ``label``).
+      records: the metrics.jsonl records of each loss that ran.
+      out_dir: the ``plots/`` directory (created).
+
+    Returns:
+      The paths written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    done = [(r["loss"], r["label"]) for r in runs if r["loss"] in records]
+    colours = {loss: f"C{i}" for i, loss in enumerate(LOSSES)}
+    written = []
+
+    def series(loss: str, kind: str, key: str) -> tuple[list[int], list[float]]:
+        points = [
+            (r["step"], r[key])
+            for r in records[loss]
+            if r.get("kind") == kind and r.get(key) is not None
+        ]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def save(fig: Any, name: str) -> None:
+        path = os.path.join(out_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for loss, label in done:
+        xs, ys = series(loss, "eval", "map")
+        ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, color=colours[loss], label=label)
+        xs, ys = series(loss, "eval", "map_ema")
+        ax.plot(xs, [100 * y for y in ys], ls="--", lw=1, color=colours[loss])
+    ax.set(xlabel="step", ylabel="validation mAP (%)", title="mAP over training (dashed: EMA)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "map.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for loss, label in done:
+        ax.plot(*series(loss, "train", "delta_p"), lw=1, color=colours[loss], label=label)
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set(xlabel="step", ylabel="Δp = p̄− − p̄+", title="Probability gap Δp (train batches)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(fig, "delta_p.png")
+
+    adaptive = [(loss, label) for loss, label in done if LOSSES[loss]["adaptive"]]
+    if adaptive:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for loss, label in adaptive:
+            ax.plot(*series(loss, "train", "gamma_neg"), color=colours[loss], label=label)
+        ax.set(xlabel="step", ylabel="γ−", title="Adaptive γ− over training")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save(fig, "gamma_neg.png")
+    return written
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from train import common
+
+    common.no_positional_args(argv)
+    common.quiet_logging()
+    try:
+        losses = parse_losses(flags.FLAGS.losses)
+    except ValueError as e:
+        return common.error(str(e))
+    from asl_jax.training.config import ConfigError, validate_config
+
+    base = flags.FLAGS.config
+    try:
+        # The shared part of the config is checked once, before any run starts (as BCE, which
+        # leaves out the checks that only concern one loss: those fail that loss's run only).
+        validate_config(loss_config(base, "bce"))
+    except ConfigError as e:
+        return common.error(str(e))
+    try:
+        result = compare(base, flags.FLAGS.workdir, losses)
+    except ValueError as e:  # the data source cannot be built
+        return common.error(f"data.name={base.data.name!r}: {e}")
+    print(format_table(result["runs"]), flush=True)
+    plots_dir = os.path.join(result["workdir"], "plots")
+    plots = sorted(os.listdir(plots_dir)) if os.path.isdir(plots_dir) else []
+    print(
+        f"Results in {result['workdir']}: compare.json, compare.md, plots/ "
+        f"({', '.join(plots)}), and one workdir per loss ({', '.join(f'{n}/' for n in losses)}).",
+        flush=True,
+    )
+    failed = [r["loss"] for r in result["runs"] if r["status"] == "failed"]
+    if result["status"] == "interrupted":
+        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
+        return 128 + int(result["signal"])
+    if failed:
+        return common.error(f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)")
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    from train import common
+
+    common.define_config_flag()
+    flags.DEFINE_string("workdir", "runs/compare", "Where the runs and the results go.")
+    flags.DEFINE_string(
+        "losses", ",".join(DEFAULT_LOSSES), f"Comma-separated losses among {', '.join(LOSSES)}."
+    )
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,230 @@
+"""``python -m train.evaluate``: the metrics of a checkpoint of a run on a split.
+
+    python -m train.evaluate --workdir=runs/default                  # latest checkpoint, val
+    python -m train.evaluate --workdir=runs/default --ema --best     # EMA model, best checkpoint
+    python -m train.evaluate --workdir=runs/default --split=train --step=512 --output=train.json
+
+Reads ``WORKDIR/config.json``, rebuilds the data source and the model of the run, restores the
+latest checkpoint (``--step N``: that step's; ``--best``: the step of the best validation mAP in
+``summary.json``, of the EMA model with ``--ema``, if that checkpoint is still kept), and computes
+mAP, CP, CR, CF1, OP, OR and OF1 (threshold: the run's ``threshold``, or ``--threshold``) of the
+regular model, or of the EMA model with ``--ema``. Prints a table and writes ``WORKDIR/eval.json``
+(or ``--output``): the metrics as fractions in [0, 1] and the AP of every class with its name and
+number of positives (``ap`` is null for a class without positives in the split; the mAP is the
+mean over the others, as during training).
+
+``--split=train`` evaluates the training images without augmentation, against the labels the run
+trained on (with ``data.drop_positive_fraction`` those miss the dropped positives).
+
+Exit status 1 with a message for a missing workdir, no checkpoint, or a step without a checkpoint.
+Single process; the evaluation uses the local devices that divide the evaluation batch size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from train.common import RunError, build_source, open_run
+
+METRICS = ("map", "cp", "cr", "cf1", "op", "or", "of1")
+NAMES = {
+    "map": "mAP",
+    "cp": "CP",
+    "cr": "CR",
+    "cf1": "CF1",
+    "op": "OP",
+    "or": "OR",
+    "of1": "OF1",
+}
+
+
+def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """AP of every class over its known labels (``labels < 0`` = unknown); NaN without positives.
+
+    Args:
+      probs: float [N, K].
+      labels: [N, K] in {0, 1}, or negative for an unknown label.
+
+    Returns:
+      float64 [K].
+    """
+    from asl_jax.metrics import average_precision
+
+    known = labels >= 0
+    if known.all():
+        return average_precision(probs, labels)
+    ap = np.full(labels.shape[1], np.nan)
+    for k in range(labels.shape[1]):
+        rows = known[:, k]
+        if rows.any():
+            ap[k] = average_precision(probs[rows, k : k + 1], labels[rows, k : k + 1])[0]
+    return ap
+
+
+def predict_split(run: Any, source: Any, split: str, *, ema: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[N, K]`` of the regular (or EMA) model on ``split``, and the labels."""
+    import jax
+
+    from asl_jax.training.parallel import shard_batch
+
+    batch_size = int(run.config.eval_batch_size) or int(run.config.batch_size)
+    key = "probs_ema" if ema else "probs"
+    probs, labels = [], []
+    for batch in source.batches(
+        split, batch_size=batch_size, seed=0, shuffle=False, drop_remainder=False
+    ):
+        out = jax.device_get(run.programs.eval(run.state, shard_batch(batch, run.mesh)))
+        probs.append(out[key][out["mask"]])
+        labels.append(out["labels"][out["mask"]])
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate_workdir(
+    workdir: str | os.PathLike[str],
+    *,
+    split: str = "val",
+    ema: bool = False,
+    step: int | None = None,
+    best: bool = False,
+    threshold: float | None = None,
+    output: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluates a checkpoint of a run and writes ``eval.json``.
+
+    Args:
+      workdir: a workdir of ``python -m train`` (or one loss's of ``python -m train.compare``).
+      split: ``"val"`` or ``"train"``.
+      ema: evaluate the EMA model instead of the regular one.
+      step: the checkpoint's step (default: the latest).
+      best: the checkpoint of the best validation mAP in ``summary.json``.
+      threshold: of CP/CR/CF1/OP/OR/OF1 (default: the run's ``threshold``).
+      output: where to write the JSON (default ``workdir/eval.json``); ``""`` writes nothing.
+
+    Returns:
+      The content of ``eval.json``: ``workdir``, ``checkpoint``, ``step``, ``split``, ``model``
+      (``"regular"`` or ``"ema"``), ``num_images``, ``num_classes``, ``threshold``, the metrics
+      ``map``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` (fractions) and ``per_class``
+      (``class``, ``ap``, ``num_positives`` per class).
+
+    Raises:
+      RunError: missing workdir, no checkpoint, no such step, data that no longer matches.
+      ValueError: bad ``split`` or ``threshold``.
+    """
+    from asl_jax.metrics import threshold_metrics
+    from asl_jax.training.logging import write_json
+
+    if split not in ("val", "train"):
+        raise ValueError(f"--split={split!r}: expected val or train")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"--threshold={threshold}: expected a probability in (0, 1)")
+    run = open_run(workdir, step=step, best=best, ema=ema)
+    source = build_source(run.config)
+    if tuple(source.class_names) != tuple(run.class_names):
+        raise RunError(
+            f"the classes of data.name={run.config.data.name!r} ({len(source.class_names)}) are "
+            f"not those the run was trained on ({len(run.class_names)}, classes.txt of "
+            f"{run.workdir}): the dataset changed since training"
+        )
+    probs, labels = predict_split(run, source, split, ema=ema)
+    threshold = float(run.config.threshold) if threshold is None else float(threshold)
+    ap = per_class_ap(probs, labels)
+    known = labels >= 0
+    thr = threshold_metrics(
+        np.where(known, probs, 0.0), np.where(known, labels, 0.0), threshold=threshold
+    )
+    result: dict[str, Any] = {
+        "workdir": run.workdir,
+        "checkpoint": run.checkpoint,
+        "step": run.step,
+        "split": split,
+        "model": "ema" if ema else "regular",
+        "num_images": int(labels.shape[0]),
+        "num_classes": len(run.class_names),
+        "threshold": threshold,
+        "map": float(np.nanmean(ap)) if not np.isnan(ap).all() else None,
+        **{key.lower(): float(value) for key, value in thr.items()},
+        "per_class": [
+            {"class": name, "ap": None if np.isnan(a) else float(a), "num_positives": int(n)}
+            for name, a, n in zip(run.class_names, ap, (labels > 0.5).sum(0), strict=True)
+        ],
+    }
+    if output is None:
+        output = os.path.join(run.workdir, "eval.json")
+    if output:
+        write_json(output, result)
+        result["output"] = os.path.abspath(os.fspath(output))
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The table printed by ``python -m train.evaluate``."""
+    model = "EMA model" if result["model"] == "ema" else "model"
+    lines = [
+        f"{result['workdir']}: {model} at step {result['step']} on the {result['split']} split "
+        f"({result['num_images']} images, {result['num_classes']} classes; threshold "
+        f"{result['threshold']:g}).",
+        "",
+        "| metric | % |",
+        "|---|---|",
+    ]
+    for key in METRICS:
+        value = result[key]
+        lines.append(f"| {NAMES[key]} | {'n/a' if value is None else f'{100 * value:.2f}'} |")
+    scored = [c for c in result["per_class"] if c["ap"] is not None]
+    if scored:
+        worst = sorted(scored, key=lambda c: c["ap"])[:3]
+        lines += [
+            "",
+            "Lowest AP: " + ", ".join(f"{c['class']} {100 * c['ap']:.1f}" for c in worst) + ".",
+        ]
+    if result.get("output"):
+        lines.append(f"Per-class AP and the metrics in {result['output']}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from train import common
+
+    common.no_positional_args(argv)
+    common.quiet_logging()
+    f = flags.FLAGS
+    if f.step is not None and f.best:
+        return common.error("give --step or --best, not both")
+    try:
+        result = evaluate_workdir(
+            f.workdir,
+            split=f.split,
+            ema=f.ema,
+            step=f.step,
+            best=f.best,
+            threshold=f.threshold,
+            output=f.output,
+        )
+    except (RunError, ValueError) as e:
+        return common.error(str(e))
+    print(format_result(result), flush=True)
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "The run's workdir (of python -m train).", required=True)
+    flags.DEFINE_enum("split", "val", ["val", "train"], "The split to evaluate.")
+    flags.DEFINE_bool("ema", False, "Evaluate the EMA model instead of the regular one.")
+    flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+    flags.DEFINE_bool("best", False, "The checkpoint of the best validation mAP (summary.json).")
+    flags.DEFINE_float("threshold", None, "Threshold of CP/CR/CF1/OP/OR/OF1 (default: config).")
+    flags.DEFINE_string("output", None, "Where to write the JSON (default: WORKDIR/eval.json).")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
