@@ -32,8 +32,9 @@ resume where they stopped (same result as uninterrupted), failed runs are retrie
 workdir holding a run with other result-changing settings is refused (reported as failed): use
 another ``--workdir``. ``loss.*`` settings that a loss does not use do not count (see
 :data:`USED_LOSS_FIELDS`): rerunning with another ``loss.adaptive_step_size`` reuses the BCE,
-focal and ASL runs and refuses only the adaptive one. Ctrl-C / SIGTERM stops the current run at a step boundary with a
-checkpoint, writes the results so far and exits with 128 + the signal number.
+focal and ASL runs and refuses only the adaptive one (delete ``WORKDIR/asl_adaptive`` to
+retrain it). Ctrl-C / SIGTERM stops the current run at a step boundary with a checkpoint,
+writes the results so far and exits with 128 + the signal number.
 
 Single process only (for several hosts, run ``python -m train`` per loss).
 """
