@@ -433,6 +433,8 @@ def plot_compare(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from asl_jax.training.plots import save_figure
+
     os.makedirs(out_dir, exist_ok=True)
     done = [(r["loss"], r["label"]) for r in runs if r["loss"] in records]
     colours = {loss: f"C{i}" for i, loss in enumerate(LOSSES)}
@@ -447,11 +449,7 @@ def plot_compare(
         return [p[0] for p in points], [p[1] for p in points]
 
     def save(fig: Any, name: str) -> None:
-        path = os.path.join(out_dir, name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, os.path.join(out_dir, name)))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for loss, label in done:

@@ -16,6 +16,16 @@ def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], 
     return xs, ys
 
 
+def save_figure(fig: Any, path: str) -> str:
+    """Writes a matplotlib figure as PNG, closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(
     records: Iterable[Mapping[str, Any]],
     out_dir: str | os.PathLike[str],
@@ -44,11 +54,7 @@ def plot_run(
     written = []
 
     def save(fig: Any, name: str) -> None:
-        path = os.path.join(out_dir, name)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, os.path.join(out_dir, name)))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(*_series(train, "loss"), lw=1)
