@@ -47,12 +47,12 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         return os.path.join(self.directory, str(step))
 
-    def save(self, state: TrainState, *, force: bool = True) -> int:
+    def save(self, state: TrainState) -> int:
         """Saves ``state`` under its step (asynchronously; see :meth:`wait`). Returns the step."""
         step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
             return step
-        self._manager.save(step, args=ocp.args.StandardSave(checkpoint_items(state)), force=force)
+        self._manager.save(step, args=ocp.args.StandardSave(checkpoint_items(state)), force=True)
         return step
 
     def restore(self, state: TrainState, step: int | None = None) -> TrainState:

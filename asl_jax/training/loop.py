@@ -99,6 +99,47 @@ class Programs:
 
 _PROGRAMS: dict[Any, Programs] = {}
 
+# Config fields (top-level names or whole blocks) that do not change the compiled programs: run
+# identity and seed (the seed reaches the programs as a traced key), the data block (it reaches
+# them only through ``num_classes`` and ``image_size``, which are part of the key), the run length
+# (through ``total_steps``), batch sizes (``jax.jit`` retraces on a new shape by itself) and
+# host-side cadence / reporting. Every other field is part of the key, so that a new field is
+# covered without editing this set.
+NON_PROGRAM_FIELDS = frozenset(
+    {
+        "name",
+        "seed",
+        "data",
+        "batch_size",
+        "eval_batch_size",
+        "num_epochs",
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_checkpoints_to_keep",
+        "max_consecutive_nonfinite",
+        "threshold",
+        "progress_bar",
+    }
+)
+
+
+def program_key(config: Any) -> str:
+    """The part of ``config`` that determines the compiled programs, as a canonical string.
+
+    The whole config minus :data:`NON_PROGRAM_FIELDS`; a dotted name (``"block.field"``) there
+    excludes one field of a block.
+    """
+    tree = config.to_dict()
+    for name in NON_PROGRAM_FIELDS:
+        *parents, leaf = name.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return json.dumps(tree, sort_keys=True, default=repr)
+
 
 def total_steps_of(config: Any, steps_per_epoch_: int) -> int:
     """``num_steps`` when set (> 0), else ``num_epochs * steps_per_epoch``."""
@@ -117,23 +158,7 @@ def build_programs(
     """
     loss = LossConfig.from_config(config.loss)
     augment = AugmentConfig.from_config(config.augment)
-    key = (
-        json.dumps(config.model.to_dict(), sort_keys=True),
-        loss,
-        augment,
-        config.optimizer,
-        float(config.learning_rate),
-        config.schedule,
-        float(config.warmup_fraction),
-        float(config.weight_decay),
-        float(config.grad_clip_norm),
-        float(config.ema_decay),
-        int(num_classes),
-        int(image_size),
-        int(total_steps),
-        float(config.loss.gamma_neg),
-        mesh,
-    )
+    key = (program_key(config), int(num_classes), int(image_size), int(total_steps), mesh)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     model = create_model(

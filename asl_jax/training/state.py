@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -99,19 +100,13 @@ def create_train_state(
 
 
 def checkpoint_items(state: TrainState) -> dict[str, Any]:
-    """The state's arrays as a plain dict (what is checkpointed; static fields excluded)."""
+    """The state's arrays as a plain dict (what is checkpointed; static fields excluded).
+
+    Derived from the dataclass fields, so that a field added to :class:`TrainState` is saved
+    without editing this function.
+    """
     return {
-        name: getattr(state, name)
-        for name in (
-            "step",
-            "params",
-            "batch_stats",
-            "opt_state",
-            "ema_params",
-            "ema_batch_stats",
-            "gamma_neg",
-            "rng",
-            "num_skipped",
-            "consecutive_nonfinite",
-        )
+        field.name: getattr(state, field.name)
+        for field in dataclasses.fields(state)
+        if field.metadata.get("pytree_node", True)
     }

@@ -14,7 +14,13 @@ import pytest
 
 from asl_jax.data import create_source
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.training.loop import NonFiniteError, WorkdirConfigError, train_and_evaluate
+from asl_jax.training.loop import (
+    NON_PROGRAM_FIELDS,
+    NonFiniteError,
+    WorkdirConfigError,
+    program_key,
+    train_and_evaluate,
+)
 from asl_jax.training.state import checkpoint_items
 from train.configs.default import get_config
 
@@ -172,3 +178,47 @@ def test_consecutive_nonfinite_steps_stop_the_run(cache_dir, tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["skipped"] for r in records if r["kind"] == "train"] == [0, 0, 1, 1, 1]
     assert records[-1]["num_skipped"] == 3
+
+
+def _leaves(tree, prefix=""):
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _is_program_field(dotted):
+    parts = dotted.split(".")
+    return not any(".".join(parts[: i + 1]) in NON_PROGRAM_FIELDS for i in range(len(parts)))
+
+
+PROGRAM_LEAVES = [d for d, _ in _leaves(get_config().to_dict()) if _is_program_field(d)]
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    return f"{value}-changed"
+
+
+def test_program_key_leaves_out_only_named_fields():
+    # A field named in NON_PROGRAM_FIELDS must exist, or the set hides a typo.
+    names = {d for d, _ in _leaves(get_config().to_dict())}
+    for excluded in NON_PROGRAM_FIELDS:
+        assert any(n == excluded or n.startswith(excluded + ".") for n in names), excluded
+    assert len(PROGRAM_LEAVES) > 20
+
+
+@pytest.mark.parametrize("dotted", PROGRAM_LEAVES)
+def test_every_program_field_changes_the_program_key(dotted):
+    config = get_config()
+    *parents, leaf = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    before = program_key(config)
+    node[leaf] = _changed(node[leaf])
+    assert program_key(config) != before
