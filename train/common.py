@@ -130,7 +130,7 @@ def read_workdir_config(workdir: str) -> Any:
     import ml_collections
 
     from asl_jax.training.config import ConfigError, validate_config
-    from asl_jax.training.logging import read_json
+    from asl_jax.training.records import read_json
 
     if not os.path.isdir(workdir):
         raise RunError(
@@ -148,16 +148,12 @@ def read_workdir_config(workdir: str) -> Any:
 
 
 def read_class_names(workdir: str, config: Any) -> tuple[str, ...]:
-    """The run's class names: ``classes.txt`` of the workdir (written by the training loop).
-
-    Workdirs written before ``classes.txt`` existed fall back to the data source of the config
-    (for ``folder`` data this reads the dataset's CSV files again).
-    """
+    """The run's class names: ``classes.txt`` of the workdir (written by the training loop)."""
     path = os.path.join(workdir, "classes.txt")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return tuple(line.rstrip("\n") for line in f if line.strip())
-    return tuple(build_source(config).class_names)
+    if not os.path.isfile(path):
+        raise RunError(f"{workdir} has no classes.txt: it is not a workdir written by training")
+    with open(path, encoding="utf-8") as f:
+        return tuple(line.rstrip("\n") for line in f if line.strip())
 
 
 def build_source(config: Any) -> Any:
@@ -214,8 +210,8 @@ def open_run(
     import jax
 
     from asl_jax.training.checkpoint import Checkpointer
-    from asl_jax.training.logging import read_json
     from asl_jax.training.loop import build_programs
+    from asl_jax.training.records import read_json
 
     if step is not None and best:
         raise ValueError("give either step or best=True, not both")

@@ -115,7 +115,7 @@ def keep_unused_loss_fields(config: Any, loss: str, run_dir: str) -> list[str]:
     Returns:
       The fields taken over (whose value differed), as ``"loss.x"``.
     """
-    from asl_jax.training.logging import read_json
+    from asl_jax.training.records import read_json
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
@@ -313,7 +313,7 @@ def compare(
         "runs": runs,
         "config": base_config.to_dict(),
     }
-    from asl_jax.training.logging import write_json
+    from asl_jax.training.records import write_json
 
     write_json(os.path.join(workdir, "compare.json"), result)
     with open(os.path.join(workdir, "compare.md"), "w", encoding="utf-8") as f:

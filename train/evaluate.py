@@ -114,7 +114,7 @@ def evaluate_workdir(
       ValueError: bad ``split`` or ``threshold``.
     """
     from asl_jax.metrics import threshold_metrics
-    from asl_jax.training.logging import write_json
+    from asl_jax.training.records import write_json
 
     if split not in ("val", "train"):
         raise ValueError(f"--split={split!r}: expected val or train")

@@ -373,10 +373,6 @@ class FolderSource(IndexedSource):
         """Number of usable rows of ``split``."""
         return len(self._rows[check_split(split)])
 
-    def image_paths(self, split: str) -> list[str]:
-        """The resolved image paths of ``split``, in row order."""
-        return [row.path for row in self._rows[check_split(split)]]
-
     def labels(self, split: str) -> np.ndarray:
         """float32 [N, K] multi-hot labels of ``split``."""
         return self._labels[check_split(split)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -52,8 +51,3 @@ class SmallCNN(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
         # The loss is computed in float32 whatever the compute dtype.
         return x.astype(jnp.float32)
-
-
-def stage_widths(width: int, num_stages: int) -> Sequence[int]:
-    """Channels of each stage of :class:`SmallCNN` (for documentation and tests)."""
-    return [width * 2**s for s in range(num_stages)]

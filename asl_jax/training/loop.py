@@ -39,8 +39,8 @@ from asl_jax.models import create_model
 from asl_jax.training import parallel
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.config import ConfigError, changed_result_fields, validate_config
-from asl_jax.training.logging import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.optim import create_optimizer, create_schedule
+from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.state import TrainState, create_train_state
 from asl_jax.training.step import AugmentConfig, LossConfig, eval_step, train_step
 

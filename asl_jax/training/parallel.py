@@ -120,7 +120,7 @@ def jit_eval_step(eval_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]
     return jax.jit(eval_fn, in_shardings=(rep, dat), out_shardings=rep)
 
 
-def jit_init(init_fn: Callable[..., Any], mesh: Mesh, **static: Any) -> Callable[..., Any]:
+def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """``jax.jit`` of a state initialiser whose output is placed replicated on ``mesh``.
 
     Initialising under ``jit`` with a replicated output sharding works the same on one host or
@@ -131,6 +131,4 @@ def jit_init(init_fn: Callable[..., Any], mesh: Mesh, **static: Any) -> Callable
     options = None
     if mesh.devices.flat[0].platform == "cpu":
         options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-    return jax.jit(
-        init_fn, out_shardings=replicated_sharding(mesh), compiler_options=options, **static
-    )
+    return jax.jit(init_fn, out_shardings=replicated_sharding(mesh), compiler_options=options)

@@ -99,9 +99,6 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == kind]
-
 
 def summarize(
     records: Iterable[Mapping[str, Any]], *, extra: Mapping[str, Any] | None = None
