@@ -1,19 +1,16 @@
-"""Shared benchmark helpers: interleaved timing, machine description, BENCHMARKS.md sections.
+"""Shared benchmark helpers: interleaved timing, Markdown tables, BENCHMARKS.md sections.
 
-The machines these benchmarks run on are shared and noisy (2 cores, other jobs running). Absolute
-times mean little; ratios measured side by side in one process mean more, provided the noise hits
-every candidate alike. `interleaved_timings` therefore visits the candidates round-robin, in a new
-random order each round, many rounds, and reports medians.
+The machine description and the JSON output are in `benchmarks._machine`. On a shared, noisy
+machine absolute times mean little; ratios measured side by side in one process mean more,
+provided the noise hits every candidate alike. `interleaved_timings` therefore visits the
+candidates round-robin, in a new random order each round, many rounds, and reports medians.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import importlib.metadata
 import math
 import os
-import platform
 import random
 import shlex
 import sys
@@ -25,8 +22,6 @@ __all__ = [
     "Timing",
     "command_line",
     "interleaved_timings",
-    "machine_info",
-    "machine_markdown",
     "markdown_table",
     "update_section",
 ]
@@ -108,66 +103,7 @@ def interleaved_timings(
 
 
 # ------------------------------------------------------------------------------------------------
-# Machine description
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info(packages: Sequence[str] = ("jax", "jaxlib", "optax", "numpy", "torch")) -> dict:
-    """What the figures were measured on: CPU, cores, load, package versions, date."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "load_average": load,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {name: _version(name) for name in packages},
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def machine_markdown(info: dict) -> str:
-    """`machine_info` as a short Markdown list."""
-    versions = ", ".join(
-        f"{name} {version}" for name, version in info["versions"].items() if version is not None
-    )
-    missing = [name for name, version in info["versions"].items() if version is None]
-    lines = [
-        f"- Machine: {info['cpu']}, {info['usable_cores']} usable cores "
-        f"({info['logical_cores']} logical), Python {info['python']}, {info['platform']}",
-        f"- Versions: {versions}" + (f" (not installed: {', '.join(missing)})" if missing else ""),
-    ]
-    if info["load_average"] is not None:
-        lines.append(
-            "- Load average when the run started (other jobs share the machine): "
-            + " / ".join(f"{x:.2f}" for x in info["load_average"])
-        )
-    if info["xla_flags"]:
-        lines.append(f"- XLA_FLAGS: `{info['xla_flags']}`")
-    lines.append(f"- Date: {info['date']}")
-    return "\n".join(lines)
+# Command line
 
 
 def command_line(module: str) -> str:
@@ -195,10 +131,10 @@ def markdown_table(
 
 _NEW_FILE = """# Benchmarks
 
-Speed and memory of asl-jax, measured side by side in one process. The machines are shared and
-noisy: absolute times move from run to run by tens of percent, ratios between candidates measured
-in the same run are what to look at. Each section is written by the command it names; text
-outside the `<!-- name:begin/end -->` markers is kept as it is.
+Speed and memory of asl-jax, measured side by side in one process. Absolute times depend on the
+machine and its load; ratios between candidates measured in the same run are what to look at.
+Each section is written by the command it names; text outside the `<!-- name:begin/end -->`
+markers is kept as it is.
 """
 
 

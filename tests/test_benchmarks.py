@@ -3,6 +3,10 @@
 These tests check that the benchmark code runs and reports; they assert nothing about speed.
 """
 
+import importlib.metadata
+import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -16,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import _timing  # noqa: E402
+from benchmarks import _machine, _timing  # noqa: E402
 from benchmarks import loss as loss_benchmark  # noqa: E402
 
 
@@ -24,7 +28,18 @@ def test_loss_benchmark_end_to_end(tmp_path, capsys):
     output = tmp_path / "BENCHMARKS.md"
     output.write_text("# Benchmarks\n\nHand-written notes that must survive.\n")
     results = loss_benchmark.main(
-        ["--sizes", "8x5", "--rounds", "1", "--seed", "1", "--output", str(output)]
+        [
+            "--sizes",
+            "8x5",
+            "--rounds",
+            "1",
+            "--seed",
+            "1",
+            "--output",
+            str(output),
+            "--json",
+            str(tmp_path / "loss.json"),
+        ]
     )
     (result,) = results
     assert result.rounds == 1
@@ -104,3 +119,21 @@ def test_reference_formulations_agree_with_ours():
         value, grad = jax.value_and_grad(fn)(z, y)
         np.testing.assert_allclose(value, ours[0], rtol=1e-5)
         np.testing.assert_allclose(grad, ours[1], rtol=1e-4, atol=1e-6)
+
+
+def test_json_output_records_the_machine(tmp_path):
+    path = tmp_path / "out" / "loss.json"
+    argv = ["--sizes", "4x3", "--rounds", "1", "--no-torch", "--no-breakdown"]
+    loss_benchmark.main([*argv, "--output", "", "--json", str(path)])
+    data = json.loads(path.read_text())
+    machine = data["machine"]
+    assert machine["cpu"] and machine["logical_cores"] == os.cpu_count()
+    assert machine["jax_devices"] and all(isinstance(d, str) for d in machine["jax_devices"])
+    assert machine["python"] == platform.python_version()
+    for package in ("jax", "jaxlib", "flax", "optax"):
+        assert machine["versions"][package] == importlib.metadata.version(package)
+    assert data["benchmark"] == "loss" and data["command"].startswith("python -m benchmarks.loss")
+    (result,) = data["results"]
+    assert (result["batch"], result["classes"]) == (4, 3)
+    assert result["timings"][loss_benchmark.OURS]["median_seconds"] > 0
+    assert _machine.machine_info()["versions"]["flax"] is not None
