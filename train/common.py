@@ -210,6 +210,7 @@ def open_run(
     import jax
 
     from asl_jax.training.checkpoint import Checkpointer
+    from asl_jax.training.evaluation import eval_batch_size
     from asl_jax.training.loop import build_programs
     from asl_jax.training.records import read_json
 
@@ -252,7 +253,7 @@ def open_run(
                 f"{', '.join(map(str, steps))})"
             )
         class_names = read_class_names(workdir, config)
-        batch_size = batch_size or int(config.eval_batch_size) or int(config.batch_size)
+        batch_size = batch_size or eval_batch_size(config)
         mesh = data_mesh(batch_size)
         # total_steps only shapes the learning-rate schedule, not the optimizer state's
         # structure that the checkpoint is restored into; the run's own value keeps the

@@ -41,45 +41,19 @@ NAMES = {
 }
 
 
-def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """AP of every class over its known labels (``labels < 0`` = unknown); NaN without positives.
-
-    Args:
-      probs: float [N, K].
-      labels: [N, K] in {0, 1}, or negative for an unknown label.
-
-    Returns:
-      float64 [K].
-    """
-    from asl_jax.metrics import average_precision
-
-    known = labels >= 0
-    if known.all():
-        return average_precision(probs, labels)
-    ap = np.full(labels.shape[1], np.nan)
-    for k in range(labels.shape[1]):
-        rows = known[:, k]
-        if rows.any():
-            ap[k] = average_precision(probs[rows, k : k + 1], labels[rows, k : k + 1])[0]
-    return ap
-
-
 def predict_split(run: Any, source: Any, split: str, *, ema: bool) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[N, K]`` of the regular (or EMA) model on ``split``, and the labels."""
-    import jax
+    from asl_jax.training.evaluation import eval_batch_size, predict
 
-    from asl_jax.training.parallel import shard_batch
-
-    batch_size = int(run.config.eval_batch_size) or int(run.config.batch_size)
-    key = "probs_ema" if ema else "probs"
-    probs, labels = [], []
-    for batch in source.batches(
-        split, batch_size=batch_size, seed=0, shuffle=False, drop_remainder=False
-    ):
-        out = jax.device_get(run.programs.eval(run.state, shard_batch(batch, run.mesh)))
-        probs.append(out[key][out["mask"]])
-        labels.append(out["labels"][out["mask"]])
-    return np.concatenate(probs), np.concatenate(labels)
+    outputs = predict(
+        run.programs.eval,
+        run.state,
+        source,
+        split,
+        batch_size=eval_batch_size(run.config),
+        mesh=run.mesh,
+    )
+    return outputs["probs_ema" if ema else "probs"], outputs["labels"]
 
 
 def evaluate_workdir(
@@ -113,7 +87,7 @@ def evaluate_workdir(
       RunError: missing workdir, no checkpoint, no such step, data that no longer matches.
       ValueError: bad ``split`` or ``threshold``.
     """
-    from asl_jax.metrics import threshold_metrics
+    from asl_jax.training.evaluation import metrics, per_class_ap
     from asl_jax.training.records import write_json
 
     if split not in ("val", "train"):
@@ -131,10 +105,8 @@ def evaluate_workdir(
     probs, labels = predict_split(run, source, split, ema=ema)
     threshold = float(run.config.threshold) if threshold is None else float(threshold)
     ap = per_class_ap(probs, labels)
-    known = labels >= 0
-    thr = threshold_metrics(
-        np.where(known, probs, 0.0), np.where(known, labels, 0.0), threshold=threshold
-    )
+    scores = metrics(probs, labels, threshold=threshold)
+    m_ap = scores.pop("map")
     result: dict[str, Any] = {
         "workdir": run.workdir,
         "checkpoint": run.checkpoint,
@@ -144,8 +116,8 @@ def evaluate_workdir(
         "num_images": int(labels.shape[0]),
         "num_classes": len(run.class_names),
         "threshold": threshold,
-        "map": float(np.nanmean(ap)) if not np.isnan(ap).all() else None,
-        **{key.lower(): float(value) for key, value in thr.items()},
+        "map": None if np.isnan(m_ap) else m_ap,
+        **scores,
         "per_class": [
             {"class": name, "ap": None if np.isnan(a) else float(a), "num_positives": int(n)}
             for name, a, n in zip(run.class_names, ap, (labels > 0.5).sum(0), strict=True)

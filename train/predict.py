@@ -124,9 +124,11 @@ def predict_files(
     if top_k is not None and top_k < 1:
         raise ValueError(f"--top_k={top_k}: expected an integer >= 1")
     images, errors = expand_inputs(inputs)
+    from asl_jax.training.evaluation import eval_batch_size
+
     config = read_workdir_config(os.path.abspath(os.fspath(workdir)))
     # Chunks of a fixed size (the last one padded): one compiled program for all of them.
-    chunk = max(1, min(int(config.eval_batch_size) or int(config.batch_size), len(images)))
+    chunk = max(1, min(eval_batch_size(config), len(images)))
     run = open_run(workdir, step=step, batch_size=chunk)
     if threshold is None:
         threshold = float(run.config.threshold)

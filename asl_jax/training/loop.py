@@ -34,11 +34,11 @@ import jax
 import numpy as np
 
 from asl_jax.data import DataSource, create_source, steps_per_epoch
-from asl_jax.metrics import mean_average_precision, threshold_metrics
 from asl_jax.models import create_model
 from asl_jax.training import parallel
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.config import ConfigError, changed_result_fields, validate_config
+from asl_jax.training.evaluation import eval_batch_size, evaluate
 from asl_jax.training.optim import create_optimizer, create_schedule
 from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.state import TrainState, create_train_state
@@ -141,11 +141,11 @@ def program_key(config: Any) -> str:
     return json.dumps(tree, sort_keys=True, default=repr)
 
 
-def total_steps_of(config: Any, steps_per_epoch_: int) -> int:
-    """``num_steps`` when set (> 0), else ``num_epochs * steps_per_epoch``."""
+def total_steps_of(config: Any, epoch_steps: int) -> int:
+    """``num_steps`` when set (> 0), else ``num_epochs * epoch_steps`` (steps in one epoch)."""
     if config.num_steps:
         return int(config.num_steps)
-    return int(config.num_epochs) * steps_per_epoch_
+    return int(config.num_epochs) * epoch_steps
 
 
 def build_programs(
@@ -205,66 +205,6 @@ def build_programs(
     return programs
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    # Outputs are replicated: every host reads its local copy (valid on several hosts too).
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def evaluate(
-    programs: Programs,
-    state: TrainState,
-    source: DataSource,
-    *,
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-    threshold: float = 0.5,
-) -> dict[str, float]:
-    """mAP and threshold metrics of the regular and the EMA model on the ``val`` split.
-
-    Returns:
-      ``map``, ``cf1``, ``of1``, ``cp``, ``cr``, ``op``, ``or`` and the same with ``_ema``, as
-      fractions in [0, 1].
-    """
-    outputs: dict[str, list[np.ndarray]] = {"probs": [], "probs_ema": [], "labels": []}
-    for batch in source.batches(
-        "val",
-        batch_size=batch_size,
-        seed=0,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        out = programs.eval(state, parallel.shard_batch(batch, mesh))
-        keep = _to_host(out["mask"])
-        for name in outputs:
-            outputs[name].append(_to_host(out[name])[keep])
-    labels = np.concatenate(outputs["labels"])
-    # Unknown labels (< 0) are left out: of each class's AP, and of the threshold counts (a
-    # probability of 0 with a label of 0 is neither a true nor a false positive nor a miss).
-    known = labels >= 0
-    result: dict[str, float] = {}
-    for name, suffix in (("probs", ""), ("probs_ema", "_ema")):
-        probs = np.concatenate(outputs[name])
-        if known.all():
-            m_ap = mean_average_precision(probs, labels)
-        else:
-            aps = []
-            for k in range(labels.shape[1]):
-                rows = known[:, k]
-                aps.append(mean_average_precision(probs[rows, k : k + 1], labels[rows, k : k + 1]))
-            m_ap = float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else float("nan")
-        result[f"map{suffix}"] = float(m_ap)
-        thr = threshold_metrics(
-            np.where(known, probs, 0.0), np.where(known, labels, 0.0), threshold=threshold
-        )
-        for key, value in thr.items():
-            result[f"{key.lower()}{suffix}"] = float(value)
-    return result
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag that the loop reads at step boundaries.
 
@@ -305,10 +245,15 @@ def _agree(flag: bool) -> bool:
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
+def itstime(step: int, every: int, total: int) -> bool:
+    """Whether a periodic action runs after ``step``: every ``every`` steps (0 = never) and last."""
+    return step == total or (every > 0 and step % every == 0)
+
+
 def _epoch_batches(
-    source: DataSource, config: Any, *, step: int, spe: int
+    source: DataSource, config: Any, *, step: int, epoch_steps: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    epoch, start = divmod(step, spe)
+    epoch, start = divmod(step, epoch_steps)
     return source.batches(
         "train",
         batch_size=int(config.batch_size),
@@ -356,9 +301,58 @@ def train_and_evaluate(
       WorkdirConfigError: the workdir's checkpoints come from a config that changes results.
       NonFiniteError: too many consecutive non-finite steps.
     """
+    run = _setup(config, workdir, source=source, mesh=mesh)
+    stop = _StopFlag(handle_signals)
+    try:
+        interrupted = _train(run, stop=stop, stop_at_step=stop_at_step)
+    finally:
+        stop.restore()
+        run.close()
+    return _finish(run, interrupted)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A training job in progress: what setup built, and what the loop advances."""
+
+    config: Any
+    workdir: str
+    source: DataSource
+    mesh: jax.sharding.Mesh
+    programs: Programs
+    ckpt: Checkpointer
+    log: MetricsLog
+    state: TrainState
+    epoch_steps: int
+    total_steps: int
+    elapsed_before: float  # wall time of the earlier sessions of a resumed run
+    last_saved: int | None
+    progress: Any = None
+    start_time: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def step(self) -> int:
+        return int(jax.device_get(self.state.step))
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.start_time
+
+    def save(self) -> None:
+        self.ckpt.save(self.state)
+        self.last_saved = self.step
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.ckpt.close()
+
+
+def _setup(
+    config: Any, workdir: str | os.PathLike[str], *, source: DataSource | None, mesh: Any
+) -> _Run:
+    """Checks the config, builds data and programs, and restores the latest checkpoint."""
     workdir = os.path.abspath(os.fspath(workdir))
     mesh = parallel.make_mesh() if mesh is None else mesh
-    is_main = jax.process_index() == 0
     validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
     if source is None:
         try:
@@ -366,11 +360,10 @@ def train_and_evaluate(
         except ValueError as e:  # bad folder rows, TFDS dataset not prepared...
             raise ConfigError(f"data.name={config.data.name!r}: {e}") from e
     try:
-        spe = steps_per_epoch(source, int(config.batch_size))
+        epoch_steps = steps_per_epoch(source, int(config.batch_size))
     except ValueError as e:
         raise ConfigError(f"batch_size={config.batch_size}: {e}") from e
-    total_steps = total_steps_of(config, spe)
-    eval_batch_size = int(config.eval_batch_size) or int(config.batch_size)
+    total_steps = total_steps_of(config, epoch_steps)
     programs = build_programs(
         config,
         num_classes=source.num_classes,
@@ -378,179 +371,233 @@ def train_and_evaluate(
         total_steps=total_steps,
         mesh=mesh,
     )
-
     os.makedirs(workdir, exist_ok=True)
-    config_path = os.path.join(workdir, "config.json")
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=int(config.max_checkpoints_to_keep)
     )
     restored_step = ckpt.latest_step()
-    if restored_step is not None and os.path.exists(config_path):
-        diff = changed_result_fields(read_json(config_path), config.to_dict())
-        if diff:
-            ckpt.close()
-            raise WorkdirConfigError(
-                f"{workdir} holds checkpoints of a run with a different config "
-                f"({'; '.join(diff)}). Resuming would mix two runs: use another --workdir, "
-                "rerun with the original config, or delete the workdir to start over."
-            )
+    _refuse_other_config(config, workdir, ckpt, restored_step)
     state = programs.init(jax.random.key(int(config.seed)))
     if restored_step is not None:
         state = ckpt.restore(state, restored_step)
         _log(f"Resuming from step {restored_step} ({ckpt.path(restored_step)}).")
+    is_main = jax.process_index() == 0
     if is_main:
-        write_json(config_path, config.to_dict())
-        # The class order of the model's outputs, for train.predict and train.evaluate (one name
-        # a line, like the folder dataset's classes.txt).
-        classes_path = os.path.join(workdir, "classes.txt")
-        with open(f"{classes_path}.tmp", "w", encoding="utf-8") as f:
-            f.writelines(f"{name}\n" for name in source.class_names)
-        os.replace(f"{classes_path}.tmp", classes_path)
+        _write_run_files(config, workdir, source)
     log = MetricsLog(
         os.path.join(workdir, "metrics.jsonl"), keep_until_step=restored_step, enabled=is_main
     )
-    elapsed0 = next(
+    elapsed_before = next(
         (r["elapsed"] for r in reversed(log.records) if r.get("elapsed") is not None), 0.0
     )
-
-    step = int(jax.device_get(state.step))
-    max_nonfinite = int(config.max_consecutive_nonfinite)
-    log_every = int(config.log_every)
-    eval_every = int(config.eval_every)
-    checkpoint_every = int(config.checkpoint_every)
-    interrupted: int | None = None
-    start_time = time.time()
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    last_saved = restored_step
-    num_skipped = int(jax.device_get(state.num_skipped))
-
-    progress = None
+    run = _Run(
+        config,
+        workdir,
+        source,
+        mesh,
+        programs,
+        ckpt,
+        log,
+        state,
+        epoch_steps,
+        total_steps,
+        elapsed_before,
+        last_saved=restored_step,
+    )
     if is_main and config.progress_bar:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=total_steps, initial=step, desc="train", unit="step", leave=False)
-
-    def elapsed() -> float:
-        return elapsed0 + time.time() - start_time
-
-    def flush() -> None:
-        nonlocal num_skipped
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched, strict=True):
-            num_skipped += int(m["skipped"])
-            if s % log_every == 0 or s == total_steps:
-                record = {"kind": "train", "step": s, "epoch": s / spe, "elapsed": elapsed()}
-                record.update({k: float(m[k]) for k in TRAIN_KEYS})
-                record["skipped"] = int(m["skipped"])
-                record["num_skipped"] = num_skipped
-                log.write(record)
-                if progress is not None:
-                    progress.set_postfix(
-                        loss=f"{record['loss']:.4g}", gamma_neg=f"{record['gamma_neg']:.3g}"
-                    )
-            if int(m["consecutive_nonfinite"]) >= max_nonfinite:
-                where = (
-                    f"the last good checkpoint is {ckpt.path(last_saved)} (step {last_saved})"
-                    if last_saved is not None
-                    else "no checkpoint was saved yet"
-                )
-                raise NonFiniteError(
-                    f"training stopped at step {s}: {max_nonfinite} consecutive steps had a "
-                    f"non-finite loss or gradient (the parameters were left unchanged by each); "
-                    f"{where}. Lower learning_rate, set grad_clip_norm, or check the data."
-                )
-        pending.clear()
-
-    def save() -> None:
-        nonlocal last_saved
-        ckpt.save(state)
-        last_saved = step
-
-    stop = _StopFlag(handle_signals)
-    try:
-        _log(
-            f"Training {config.model.name} on {source.name} ({source.num_classes} classes) "
-            f"with {config.loss.name}: steps {step} -> {total_steps} ({spe} per epoch), "
-            f"global batch {config.batch_size} on {mesh.size} device(s), "
-            f"{jax.process_count()} process(es); workdir {workdir}"
+        run.progress = tqdm(
+            total=total_steps, initial=run.step, desc="train", unit="step", leave=False
         )
-        while step < total_steps and interrupted is None:
-            for batch in _epoch_batches(source, config, step=step, spe=spe):
-                state, metrics = programs.train(state, parallel.shard_batch(batch, mesh))
-                step += 1
-                pending.append((step, metrics))
-                if progress is not None:
-                    progress.update(1)
-                at_log = step % log_every == 0 or step == total_steps
-                if at_log or len(pending) >= max_nonfinite:
-                    flush()
-                # Several hosts must stop at the same step: they agree at log boundaries.
-                by_request = stop_at_step is not None and step >= stop_at_step
-                if (jax.process_count() == 1 or at_log) and _agree(
-                    stop.signum is not None or by_request
-                ):
-                    # 0 = stop_at_step; SIGTERM when only another host was signalled.
-                    interrupted = (
-                        stop.signum
-                        if stop.signum is not None
-                        else (0 if by_request else int(signal.SIGTERM))
-                    )
-                if (eval_every and step % eval_every == 0) or step == total_steps:
-                    flush()
-                    metrics_ = evaluate(
-                        programs,
-                        state,
-                        source,
-                        batch_size=eval_batch_size,
-                        mesh=mesh,
-                        threshold=float(config.threshold),
-                    )
-                    log.write({"kind": "eval", "step": step, "elapsed": elapsed(), **metrics_})
-                    if progress is not None:
-                        progress.write(
-                            f"step {step}: mAP {100 * metrics_['map']:.2f}% "
-                            f"(EMA {100 * metrics_['map_ema']:.2f}%)"
-                        )
-                if (checkpoint_every and step % checkpoint_every == 0) or step == total_steps:
-                    save()
-                if interrupted is not None or step >= total_steps:
-                    break
-        flush()
-        if interrupted is not None and last_saved != step:
-            save()
-        ckpt.wait()
-    finally:
-        stop.restore()
-        if progress is not None:
-            progress.close()
-        ckpt.close()
+    return run
 
-    status = "completed" if interrupted is None else "interrupted"
+
+def _refuse_other_config(
+    config: Any, workdir: str, ckpt: Checkpointer, restored_step: int | None
+) -> None:
+    config_path = os.path.join(workdir, "config.json")
+    if restored_step is None or not os.path.exists(config_path):
+        return
+    diff = changed_result_fields(read_json(config_path), config.to_dict())
+    if diff:
+        ckpt.close()
+        raise WorkdirConfigError(
+            f"{workdir} holds checkpoints of a run with a different config "
+            f"({'; '.join(diff)}). Resuming would mix two runs: use another --workdir, "
+            "rerun with the original config, or delete the workdir to start over."
+        )
+
+
+def _write_run_files(config: Any, workdir: str, source: DataSource) -> None:
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    # The class order of the model's outputs, for train.predict and train.evaluate (one name a
+    # line, like the folder dataset's classes.txt).
+    classes_path = os.path.join(workdir, "classes.txt")
+    with open(f"{classes_path}.tmp", "w", encoding="utf-8") as f:
+        f.writelines(f"{name}\n" for name in source.class_names)
+    os.replace(f"{classes_path}.tmp", classes_path)
+
+
+class _TrainRecords:
+    """Train-step metrics kept on device until a log boundary, then written in one fetch.
+
+    Fetching only at log boundaries keeps the host from waiting on every step.
+    """
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self.num_skipped = int(jax.device_get(run.state.num_skipped))
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.pending.append((step, metrics))
+
+    def flush(self, nonfinite_limit: int) -> int | None:
+        """Writes the pending train records up to the first step that ends a run of
+        ``nonfinite_limit`` non-finite steps, and returns that step (None when there is none)."""
+        run = self.run
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (step, _), m in zip(self.pending, fetched, strict=True):
+            self.num_skipped += int(m["skipped"])
+            if itstime(step, int(run.config.log_every), run.total_steps):
+                self._write(step, m)
+            if int(m["consecutive_nonfinite"]) >= nonfinite_limit:
+                self.pending.clear()
+                return step
+        self.pending.clear()
+        return None
+
+    def _write(self, step: int, metrics: dict[str, Any]) -> None:
+        run = self.run
+        record = {"kind": "train", "step": step, "epoch": step / run.epoch_steps}
+        record["elapsed"] = run.elapsed()
+        record.update({k: float(metrics[k]) for k in TRAIN_KEYS})
+        record["skipped"] = int(metrics["skipped"])
+        record["num_skipped"] = self.num_skipped
+        run.log.write(record)
+        if run.progress is not None:
+            run.progress.set_postfix(
+                loss=f"{record['loss']:.4g}", gamma_neg=f"{record['gamma_neg']:.3g}"
+            )
+
+
+def _check_finite(run: _Run, records: _TrainRecords) -> None:
+    """The non-finite policy: the step skips a bad update; here the run stops after too many."""
+    limit = int(run.config.max_consecutive_nonfinite)
+    stopped_at = records.flush(limit)
+    if stopped_at is None:
+        return
+    where = (
+        f"the last good checkpoint is {run.ckpt.path(run.last_saved)} (step {run.last_saved})"
+        if run.last_saved is not None
+        else "no checkpoint was saved yet"
+    )
+    raise NonFiniteError(
+        f"training stopped at step {stopped_at}: {limit} consecutive steps had a non-finite loss "
+        "or gradient (the parameters were left unchanged by each); "
+        f"{where}. Lower learning_rate, set grad_clip_norm, or check the data."
+    )
+
+
+def _evaluate_and_log(run: _Run) -> None:
+    step = run.step
+    scores = evaluate(
+        run.programs.eval,
+        run.state,
+        run.source,
+        batch_size=eval_batch_size(run.config),
+        mesh=run.mesh,
+        threshold=float(run.config.threshold),
+    )
+    run.log.write({"kind": "eval", "step": step, "elapsed": run.elapsed(), **scores})
+    if run.progress is not None:
+        run.progress.write(
+            f"step {step}: mAP {100 * scores['map']:.2f}% (EMA {100 * scores['map_ema']:.2f}%)"
+        )
+
+
+def _interruption(stop: _StopFlag, by_request: bool) -> int | None:
+    """The signal that stops the run (0 = ``stop_at_step``), agreed by every host, or None."""
+    if not _agree(stop.signum is not None or by_request):
+        return None
+    if stop.signum is not None:
+        return stop.signum
+    # SIGTERM when only another host was signalled.
+    return 0 if by_request else int(signal.SIGTERM)
+
+
+def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | None:
+    """Steps until the end or an interruption; returns the interrupting signal (or None)."""
+    config, total = run.config, run.total_steps
+    records = _TrainRecords(run)
+    step = run.step
+    interrupted: int | None = None
+    _log(
+        f"Training {config.model.name} on {run.source.name} ({run.source.num_classes} classes) "
+        f"with {config.loss.name}: steps {step} -> {total} ({run.epoch_steps} per epoch), "
+        f"global batch {config.batch_size} on {run.mesh.size} device(s), "
+        f"{jax.process_count()} process(es); workdir {run.workdir}"
+    )
+    while step < total and interrupted is None:
+        for batch in _epoch_batches(run.source, config, step=step, epoch_steps=run.epoch_steps):
+            run.state, metrics = run.programs.train(
+                run.state, parallel.shard_batch(batch, run.mesh)
+            )
+            step += 1
+            records.add(step, metrics)
+            if run.progress is not None:
+                run.progress.update(1)
+            at_log = itstime(step, int(config.log_every), total)
+            # Fetch at least every max_consecutive_nonfinite steps, so that a run of bad steps
+            # is noticed when it reaches the limit.
+            if at_log or len(records.pending) >= int(config.max_consecutive_nonfinite):
+                _check_finite(run, records)
+            # Several hosts must stop at the same step: they agree at log boundaries.
+            if jax.process_count() == 1 or at_log:
+                interrupted = _interruption(stop, stop_at_step is not None and step >= stop_at_step)
+            if itstime(step, int(config.eval_every), total):
+                _check_finite(run, records)
+                _evaluate_and_log(run)
+            if itstime(step, int(config.checkpoint_every), total):
+                run.save()
+            if interrupted is not None or step >= total:
+                break
+    _check_finite(run, records)
+    if interrupted is not None and run.last_saved != step:
+        run.save()
+    run.ckpt.wait()
+    return interrupted
+
+
+def _finish(run: _Run, interrupted: int | None) -> TrainResult:
+    """Writes ``summary.json`` and the plots; returns the result."""
+    config, step = run.config, run.step
     summary = summarize(
-        log.records,
+        run.log.records,
         extra={
             "config_name": config.name,
-            "status": status,
+            "status": "completed" if interrupted is None else "interrupted",
             "step": step,
-            "total_steps": total_steps,
-            "epochs": step / spe,
-            "wall_time_s": elapsed(),
-            "workdir": workdir,
-            "checkpoint": ckpt.path(last_saved) if last_saved is not None else None,
-            "num_devices": mesh.size,
+            "total_steps": run.total_steps,
+            "epochs": step / run.epoch_steps,
+            "wall_time_s": run.elapsed(),
+            "workdir": run.workdir,
+            "checkpoint": run.ckpt.path(run.last_saved) if run.last_saved is not None else None,
+            "num_devices": run.mesh.size,
             "num_processes": jax.process_count(),
         },
     )
-    if is_main:
-        write_json(os.path.join(workdir, "summary.json"), summary)
+    if jax.process_index() == 0:
+        write_json(os.path.join(run.workdir, "summary.json"), summary)
         try:
             from asl_jax.training.plots import plot_run
 
             target = float(config.loss.delta_p_target) if config.loss.adaptive else None
-            plot_run(log.records, os.path.join(workdir, "plots"), delta_p_target=target)
+            plot_run(run.log.records, os.path.join(run.workdir, "plots"), delta_p_target=target)
         except Exception as e:  # plots are a convenience: never lose a run to them
             _log(f"warning: could not write plots: {e!r}")
-    return TrainResult(state, summary, list(log.records), interrupted, workdir)
+    return TrainResult(run.state, summary, list(run.log.records), interrupted, run.workdir)
 
 
 def _pct(value: float | None) -> str:

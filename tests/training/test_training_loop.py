@@ -18,6 +18,7 @@ from asl_jax.training.loop import (
     NON_PROGRAM_FIELDS,
     NonFiniteError,
     WorkdirConfigError,
+    itstime,
     program_key,
     train_and_evaluate,
 )
@@ -222,3 +223,11 @@ def test_every_program_field_changes_the_program_key(dotted):
     before = program_key(config)
     node[leaf] = _changed(node[leaf])
     assert program_key(config) != before
+
+
+@pytest.mark.parametrize(
+    ("step", "every", "total", "expected"),
+    [(4, 4, 10, True), (5, 4, 10, False), (10, 4, 10, True), (3, 0, 10, False), (10, 0, 10, True)],
+)
+def test_itstime(step, every, total, expected):
+    assert itstime(step, every, total) is expected
