@@ -51,27 +51,28 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from asl_jax.training.loss_registry import LOSSES as LOSS_REGISTRY
+from asl_jax.training.loss_registry import used_fields
+
 #: Per-loss settings on top of the shared config, in the order of the paper's comparison.
+#: The runs of a comparison: every registered loss, and ASL with the adaptive γ− rule.
 LOSSES: dict[str, dict[str, Any]] = {
-    "bce": {"name": "bce", "adaptive": False},
-    "focal": {"name": "focal", "adaptive": False},
-    "asl": {"name": "asl", "adaptive": False},
-    "asl_adaptive": {"name": "asl", "adaptive": True},
+    **{name: {"name": name, "adaptive": False} for name in LOSS_REGISTRY},
+    **{
+        f"{name}_adaptive": {"name": name, "adaptive": True}
+        for name, spec in LOSS_REGISTRY.items()
+        if spec.adaptive
+    },
 }
-#: The ``loss.*`` fields each loss uses. A finished run is reused when only fields it does not use
+#: The ``loss.*`` fields each run uses. A finished run is reused when only fields it does not use
 #: changed (e.g. ``loss.adaptive_step_size`` for BCE): see :func:`keep_unused_loss_fields`.
-_ASL_FIELDS = {"name", "adaptive", "reduction", "gamma_pos", "gamma_neg", "clip"}
 USED_LOSS_FIELDS: dict[str, frozenset[str]] = {
-    "bce": frozenset({"name", "adaptive", "reduction"}),
-    "focal": frozenset({"name", "adaptive", "reduction", "focal_gamma", "detach_focal_weight"}),
-    "asl": frozenset(_ASL_FIELDS | {"detach_focal_weight"}),
-    "asl_adaptive": frozenset(
-        _ASL_FIELDS
-        | {"detach_focal_weight", "delta_p_target", "adaptive_step_size"}
-        | {"adaptive_min_gamma_neg", "adaptive_max_gamma_neg"}
-    ),
+    run: used_fields(loss["name"], adaptive=loss["adaptive"]) for run, loss in LOSSES.items()
 }
-LABELS = {"bce": "BCE", "focal": "focal", "asl": "ASL", "asl_adaptive": "ASL + adaptive γ−"}
+LABELS = {
+    run: LOSS_REGISTRY[loss["name"]].label + (" + adaptive γ−" if loss["adaptive"] else "")
+    for run, loss in LOSSES.items()
+}
 DEFAULT_LOSSES = tuple(LOSSES)
 #: Δp is reported as its mean over the train records of the last fraction of the steps: the
 #: value of a single logged batch is noisy (±0.03 at batch 64).
@@ -137,12 +138,9 @@ def keep_unused_loss_fields(config: Any, loss: str, run_dir: str) -> list[str]:
 def describe_loss(config: Any) -> str:
     """A short description of the loss settings, e.g. ``γ+=0, γ−=4, m=0.05``."""
     loss = config.loss
-    if loss.name == "bce":
-        return "—"
-    if loss.name == "focal":
-        return f"γ={loss.focal_gamma:g}"
-    text = f"γ+={loss.gamma_pos:g}, γ−={loss.gamma_neg:g}, m={loss.clip:g}"
-    if loss.adaptive:
+    spec = LOSS_REGISTRY[loss.name]
+    text = spec.describe(loss)
+    if loss.adaptive and spec.adaptive:
         text += f"; adaptive: Δp target {loss.delta_p_target:g}, λ={loss.adaptive_step_size:g}"
     return text
 

@@ -21,8 +21,9 @@ from asl_jax.data import (
     validate_data_config,
 )
 from asl_jax.models import MODEL_NAMES
+from asl_jax.training.loss_registry import LOSS_NAMES
 from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
-from asl_jax.training.step import LOSS_NAMES, REDUCTIONS
+from asl_jax.training.step import REDUCTIONS
 
 #: Every field of the training config, with a one-line description (the README's table).
 FIELDS: dict[str, str] = {

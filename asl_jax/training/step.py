@@ -25,9 +25,9 @@ from asl_jax.adaptive import (
 )
 from asl_jax.data.augment import augment_images, to_float
 from asl_jax.losses import asymmetric_loss, reduce_loss
+from asl_jax.training.loss_registry import loss_spec
 from asl_jax.training.state import TrainState
 
-LOSS_NAMES = ("bce", "focal", "asl")
 REDUCTIONS = ("sum", "batchmean", "mean")
 
 
@@ -99,38 +99,14 @@ class AugmentConfig:
 def elementwise_loss(
     logits: jax.Array, labels: jax.Array, loss: LossConfig, gamma_neg: jax.Array | float
 ) -> jax.Array:
-    """The configured element-wise loss (see :class:`LossConfig`)."""
-    if loss.name == "bce":
-        return asymmetric_loss(logits, labels, gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
-    if loss.name == "focal":
-        g = loss.focal_gamma
-        return asymmetric_loss(
-            logits,
-            labels,
-            gamma_pos=g,
-            gamma_neg=g,
-            clip=0.0,
-            detach_focal_weight=loss.detach_focal_weight,
-        )
-    if loss.name == "asl":
-        return asymmetric_loss(
-            logits,
-            labels,
-            gamma_pos=loss.gamma_pos,
-            gamma_neg=gamma_neg,
-            clip=loss.clip,
-            detach_focal_weight=loss.detach_focal_weight,
-        )
-    raise ValueError(f"loss.name={loss.name!r}: expected one of {', '.join(LOSS_NAMES)}")
+    """The configured element-wise loss (see :class:`LossConfig` and the loss registry)."""
+    parameters = loss_spec(loss.name).parameters(loss, gamma_neg)
+    return asymmetric_loss(logits, labels, **parameters)
 
 
 def effective_gamma_neg(loss: LossConfig, gamma_neg: jax.Array | float) -> jax.Array | float:
     """The γ− the configured loss actually applies (0 for BCE, ``focal_gamma`` for focal)."""
-    if loss.name == "bce":
-        return 0.0
-    if loss.name == "focal":
-        return loss.focal_gamma
-    return gamma_neg
+    return loss_spec(loss.name).parameters(loss, gamma_neg)["gamma_neg"]
 
 
 def ema_decay_at(decay: float, num_updates: jax.Array) -> jax.Array:
