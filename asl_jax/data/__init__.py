@@ -13,11 +13,12 @@ Datasets (``data.name``):
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from typing import Any
 
-from asl_jax.data.augment import augment_images, to_float
+from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.data.base import ArraySource, DataSource, IndexedSource, steps_per_epoch
 
 DATASETS = ("shapes", "folder", "voc2007", "coco2017")
@@ -38,7 +39,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 
 #: Defaults of the ``augment`` config block.
-AUGMENT_DEFAULTS: dict[str, Any] = {"flip": True, "cutout": 0.5, "randaugment": False}
+AUGMENT_DEFAULTS: dict[str, Any] = dataclasses.asdict(AugmentConfig())
 
 __all__ = [
     "AUGMENT_DEFAULTS",

@@ -10,7 +10,9 @@ example does not depend on how the batch is sharded across devices.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,26 @@ CONTRAST_DELTA = 0.3
 SATURATION_DELTA = 0.4
 TRANSLATE_FRACTION = 0.125  # up to 1/8 of the side (4 px at 32 px)
 OP_PROBABILITY = 0.5  # each RandAugment-style op is applied independently with this probability
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Static on-device augmentation settings: the ``augment`` config block and its defaults."""
+
+    flip: bool = True
+    cutout: float = 0.5
+    randaugment: bool = False
+
+    @classmethod
+    def from_config(cls, augment_config: Any) -> AugmentConfig:
+        casts = {"float": float, "bool": bool}
+        return cls(
+            **{
+                f.name: casts[f.type](augment_config[f.name])
+                for f in dataclasses.fields(cls)
+                if f.name in augment_config
+            }
+        )
 
 
 def to_float(images_uint8: jax.Array) -> jax.Array:

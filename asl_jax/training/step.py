@@ -23,7 +23,7 @@ from asl_jax.adaptive import (
     probability_stats,
     update_gamma_neg,
 )
-from asl_jax.data.augment import augment_images, to_float
+from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.losses import asymmetric_loss, reduce_loss
 from asl_jax.training.loss_registry import loss_spec
 from asl_jax.training.state import TrainState
@@ -76,24 +76,7 @@ class LossConfig:
         return cls(**values)
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Static on-device augmentation settings (the ``augment`` config block)."""
-
-    flip: bool = True
-    cutout: float = 0.5
-    randaugment: bool = False
-
-    @classmethod
-    def from_config(cls, augment_config: Any) -> AugmentConfig:
-        casts = {"float": float, "bool": bool}
-        return cls(
-            **{
-                f.name: casts[f.type](augment_config[f.name])
-                for f in dataclasses.fields(cls)
-                if f.name in augment_config
-            }
-        )
+_DEFAULT_AUGMENT = AugmentConfig()
 
 
 def elementwise_loss(
@@ -129,7 +112,7 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     loss: LossConfig,
-    augment: AugmentConfig = AugmentConfig(),
+    augment: AugmentConfig = _DEFAULT_AUGMENT,
     ema_decay: float = 0.999,
     schedule: optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:

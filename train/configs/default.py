@@ -14,7 +14,8 @@ import dataclasses
 
 import ml_collections
 
-from asl_jax.training.step import AugmentConfig, LossConfig
+from asl_jax.data.augment import AugmentConfig
+from asl_jax.training.step import LossConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
