@@ -219,7 +219,19 @@ def _asl_value(z, y, gamma_pos, gamma_neg, cfg: _Config):
 
 
 def _asl_grads(z, y, gamma_pos, gamma_neg, cfg: _Config):
-    """dloss/dz and dloss/dy element-wise (DESIGN §1)."""
+    """dloss/dz and dloss/dy element-wise, for loss = y·L+ + (1 − y)·L−.
+
+    With p = σ(z), q = 1 − p and p_m = max(p − m, 0) (the formulas of `asymmetric_loss`):
+
+      dL+/dz = (1 − p)^γ+ · (γ+ · p · log p − q),
+      dL−/dz = p·q · p_m^γ− · (1/(1 − p_m) − γ− · log(1 − p_m)/p_m) where p > m, 0 elsewhere,
+      dloss/dy = L+ − L−.
+
+    With detached focusing weights (or γ = 0) the γ·log terms vanish: dL+/dz = −(1 − p)^γ+ · q and
+    dL−/dz = p·q · p_m^γ− / (1 − p_m). Below p_m = 0.05 the quotient −log(1 − p_m)/p_m is
+    evaluated from its Taylor series (`_ratio_log_one_minus`). For m = 0 (p_m = p, 1 − p_m = q)
+    dL−/dz simplifies to p^γ− · (p − γ− · q · log q), with no division.
+    """
     t = _asl_parts(z, gamma_pos, gamma_neg, cfg)
     p, q = t.p, t.q
     if cfg.detach_focal_weight or cfg.gamma_pos == 0:
