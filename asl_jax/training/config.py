@@ -21,7 +21,7 @@ from asl_jax.data import (
     validate_data_config,
 )
 from asl_jax.models import MODEL_NAMES
-from asl_jax.training.loss_registry import LOSS_NAMES
+from asl_jax.training.loss_registry import LOSS_NAMES, LOSSES
 from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
 from asl_jax.training.step import REDUCTIONS
 
@@ -144,83 +144,13 @@ def validate_config(config: Any, *, num_devices: int | None = None, process_coun
     if missing:
         raise ConfigError(f"missing config field(s): {', '.join(missing)}")
 
-    def choice(field: str, options: tuple[str, ...]) -> None:
-        if flat[field] not in options:
-            raise _fail(field, flat[field], f"one of {', '.join(options)}")
-
-    def boolean(field: str) -> None:
-        if not isinstance(flat[field], bool):
-            raise _fail(field, flat[field], "True or False")
-
-    def integer(field: str, minimum: int) -> None:
-        if not _is_int(flat[field]) or flat[field] < minimum:
-            raise _fail(field, flat[field], f"an integer >= {minimum}")
-
-    def real(field: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
-        v = flat[field]
-        ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            raise _fail(field, v, f"a number in {interval}")
-
+    check = _Checker(flat)
     if not isinstance(flat["name"], str):
         raise _fail("name", flat["name"], "a string")
-    integer("seed", -(2**63))
-    choice("loss.name", LOSS_NAMES)
-    choice("loss.reduction", REDUCTIONS)
-    for field in ("loss.gamma_pos", "loss.gamma_neg", "loss.focal_gamma"):
-        real(field, 0.0, math.inf, hi_open=True)
-    real("loss.clip", 0.0, 1.0, hi_open=True)
-    boolean("loss.detach_focal_weight")
-    boolean("loss.adaptive")
-    real("loss.delta_p_target", -1.0, 1.0)
-    real("loss.adaptive_step_size", 0.0, math.inf, lo_open=True, hi_open=True)
-    real("loss.adaptive_min_gamma_neg", 0.0, math.inf, hi_open=True)
-    real("loss.adaptive_max_gamma_neg", 0.0, math.inf, hi_open=True)
-    if flat["loss.adaptive"]:
-        if flat["loss.name"] != "asl":
-            raise ConfigError(
-                f"loss.adaptive=True needs loss.name='asl' (got loss.name={flat['loss.name']!r}): "
-                "the adaptive rule drives ASL's γ−"
-            )
-        lo, hi = flat["loss.adaptive_min_gamma_neg"], flat["loss.adaptive_max_gamma_neg"]
-        if not lo <= flat["loss.gamma_neg"] <= hi:
-            raise _fail(
-                "loss.gamma_neg",
-                flat["loss.gamma_neg"],
-                f"a start value within [loss.adaptive_min_gamma_neg, loss.adaptive_max_gamma_neg]"
-                f" = [{lo}, {hi}]",
-            )
-    choice("model.name", MODEL_NAMES)
-    integer("model.width", 0)
-    choice("model.dtype", _DTYPES)
-    choice("optimizer", OPTIMIZERS)
-    choice("schedule", SCHEDULES)
-    real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)
-    real("weight_decay", 0.0, math.inf, hi_open=True)
-    real("warmup_fraction", 0.0, 1.0, hi_open=True)
-    real("grad_clip_norm", 0.0, math.inf, hi_open=True)
-    real("ema_decay", 0.0, 1.0, hi_open=True)
-    real("threshold", 0.0, 1.0, lo_open=True, hi_open=True)
-    integer("batch_size", 1)
-    integer("eval_batch_size", 0)
-    integer("num_steps", 0)
-    integer("num_epochs", 0)
-    if flat["num_steps"] == 0 and flat["num_epochs"] <= 0:
-        raise _fail("num_epochs", flat["num_epochs"], "an integer >= 1 when num_steps is 0")
-    integer("log_every", 1)
-    integer("eval_every", 0)
-    integer("checkpoint_every", 0)
-    integer("max_checkpoints_to_keep", 1)
-    integer("max_consecutive_nonfinite", 1)
-    boolean("progress_bar")
-    for field in ("batch_size", "eval_batch_size"):
-        value = flat[field]
-        if value == 0:
-            continue
-        for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
-            if divisor and value % divisor:
-                raise _fail(field, value, f"a multiple of the {what} ({divisor})")
+    check.integer("seed", -(2**63))
+    _check_loss(check, flat)
+    _check_model_and_optimizer(check)
+    _check_run(check, flat, num_devices=num_devices, process_count=process_count)
     try:
         validate_data_config(config["data"] if "data" in config else {})
         validate_augment_config(config["augment"] if "augment" in config else {})
@@ -243,3 +173,98 @@ def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
         if va != vb and not (_is_real(va) and _is_real(vb) and float(va) == float(vb)):
             out.append(f"{key}: {va!r} -> {vb!r}")
     return out
+
+
+class _Checker:
+    """Type and range checks of the fields of a flattened config (errors name the field)."""
+
+    def __init__(self, flat: dict[str, Any]):
+        self.flat = flat
+
+    def choice(self, field: str, options: tuple[str, ...]) -> None:
+        if self.flat[field] not in options:
+            raise _fail(field, self.flat[field], f"one of {', '.join(options)}")
+
+    def boolean(self, field: str) -> None:
+        if not isinstance(self.flat[field], bool):
+            raise _fail(field, self.flat[field], "True or False")
+
+    def integer(self, field: str, minimum: int) -> None:
+        if not _is_int(self.flat[field]) or self.flat[field] < minimum:
+            raise _fail(field, self.flat[field], f"an integer >= {minimum}")
+
+    def real(
+        self, field: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+    ) -> None:
+        v = self.flat[field]
+        ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise _fail(field, v, f"a number in {interval}")
+
+
+def _check_loss(check: _Checker, flat: dict[str, Any]) -> None:
+    check.choice("loss.name", LOSS_NAMES)
+    check.choice("loss.reduction", REDUCTIONS)
+    for field in ("loss.gamma_pos", "loss.gamma_neg", "loss.focal_gamma"):
+        check.real(field, 0.0, math.inf, hi_open=True)
+    check.real("loss.clip", 0.0, 1.0, hi_open=True)
+    check.boolean("loss.detach_focal_weight")
+    check.boolean("loss.adaptive")
+    check.real("loss.delta_p_target", -1.0, 1.0)
+    check.real("loss.adaptive_step_size", 0.0, math.inf, lo_open=True, hi_open=True)
+    check.real("loss.adaptive_min_gamma_neg", 0.0, math.inf, hi_open=True)
+    check.real("loss.adaptive_max_gamma_neg", 0.0, math.inf, hi_open=True)
+    if not flat["loss.adaptive"]:
+        return
+    if not LOSSES[flat["loss.name"]].adaptive:
+        raise ConfigError(
+            f"loss.adaptive=True needs loss.name='asl' (got loss.name={flat['loss.name']!r}): "
+            "the adaptive rule drives ASL's γ−"
+        )
+    lo, hi = flat["loss.adaptive_min_gamma_neg"], flat["loss.adaptive_max_gamma_neg"]
+    if not lo <= flat["loss.gamma_neg"] <= hi:
+        raise _fail(
+            "loss.gamma_neg",
+            flat["loss.gamma_neg"],
+            f"a start value within [loss.adaptive_min_gamma_neg, loss.adaptive_max_gamma_neg]"
+            f" = [{lo}, {hi}]",
+        )
+
+
+def _check_model_and_optimizer(check: _Checker) -> None:
+    check.choice("model.name", MODEL_NAMES)
+    check.integer("model.width", 0)
+    check.choice("model.dtype", _DTYPES)
+    check.choice("optimizer", OPTIMIZERS)
+    check.choice("schedule", SCHEDULES)
+    check.real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)
+    check.real("weight_decay", 0.0, math.inf, hi_open=True)
+    check.real("warmup_fraction", 0.0, 1.0, hi_open=True)
+    check.real("grad_clip_norm", 0.0, math.inf, hi_open=True)
+    check.real("ema_decay", 0.0, 1.0, hi_open=True)
+
+
+def _check_run(
+    check: _Checker, flat: dict[str, Any], *, num_devices: int | None, process_count: int
+) -> None:
+    check.real("threshold", 0.0, 1.0, lo_open=True, hi_open=True)
+    check.integer("batch_size", 1)
+    check.integer("eval_batch_size", 0)
+    check.integer("num_steps", 0)
+    check.integer("num_epochs", 0)
+    if flat["num_steps"] == 0 and flat["num_epochs"] <= 0:
+        raise _fail("num_epochs", flat["num_epochs"], "an integer >= 1 when num_steps is 0")
+    check.integer("log_every", 1)
+    check.integer("eval_every", 0)
+    check.integer("checkpoint_every", 0)
+    check.integer("max_checkpoints_to_keep", 1)
+    check.integer("max_consecutive_nonfinite", 1)
+    check.boolean("progress_bar")
+    for field in ("batch_size", "eval_batch_size"):
+        value = flat[field]
+        if value == 0:
+            continue
+        for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
+            if divisor and value % divisor:
+                raise _fail(field, value, f"a multiple of the {what} ({divisor})")

@@ -107,6 +107,33 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def _known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The labels with unknown entries set to 0, and where the loss counts (known, not padding).
+
+    Unknown labels (-1, any negative value) are masked out; known labels are used as given (hard
+    or soft). NaN labels are NOT masked: they make the loss non-finite and the step is skipped and
+    counted, which is what corrupt data should do.
+    """
+    raw_labels = jnp.asarray(batch["labels"], jnp.float32)
+    known = ~(raw_labels < 0)
+    where = known
+    if "mask" in batch:
+        where = where & jnp.asarray(batch["mask"], bool)[:, None]
+    return jnp.where(known, raw_labels, 0.0), where
+
+
+def _next_gamma_neg(loss: LossConfig, gamma_neg: jax.Array, delta_p: jax.Array) -> jax.Array:
+    """The adaptive rule's γ− after a step with the batch's ``delta_p``."""
+    return update_gamma_neg(
+        gamma_neg,
+        delta_p,
+        target=loss.delta_p_target,
+        step_size=loss.adaptive_step_size,
+        min_value=loss.adaptive_min_gamma_neg,
+        max_value=loss.adaptive_max_gamma_neg,
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -143,16 +170,7 @@ def train_step(
         cutout=augment.cutout,
         randaugment=augment.randaugment,
     )
-    raw_labels = jnp.asarray(batch["labels"], jnp.float32)
-    # Unknown labels (-1, any negative value) are masked out; known labels are used as given
-    # (hard or soft). NaN labels are NOT masked: they make the loss non-finite and the step is
-    # skipped and counted, which is what corrupt data should do.
-    known = ~(raw_labels < 0)
-    labels = jnp.where(known, raw_labels, 0.0)
-    where = known
-    if "mask" in batch:
-        where = where & jnp.asarray(batch["mask"], bool)[:, None]
-
+    labels, where = _known_labels(batch)
     adaptive = loss.adaptive and loss.name == "asl"
     gamma_neg = state.gamma_neg if adaptive else loss.gamma_neg
 
@@ -179,17 +197,9 @@ def train_step(
     decay = ema_decay_at(ema_decay, state.step - state.num_skipped)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
     ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
-    if adaptive:
-        new_gamma_neg = update_gamma_neg(
-            state.gamma_neg,
-            stats.delta_p,
-            target=loss.delta_p_target,
-            step_size=loss.adaptive_step_size,
-            min_value=loss.adaptive_min_gamma_neg,
-            max_value=loss.adaptive_max_gamma_neg,
-        )
-    else:
-        new_gamma_neg = state.gamma_neg
+    new_gamma_neg = (
+        _next_gamma_neg(loss, state.gamma_neg, stats.delta_p) if adaptive else state.gamma_neg
+    )
 
     updated = {
         "params": params,
