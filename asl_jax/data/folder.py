@@ -36,7 +36,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -193,6 +193,122 @@ def _check_image(path: str, image_size: int) -> tuple[np.ndarray | None, str | N
         return None, f"cannot read the image ({type(e).__name__}: {e})"
 
 
+def _check_labels(
+    rows: dict[str, list[_Row]],
+    classes: list[str],
+    flag: Callable[[str, int, str], None],
+    allow_unknown_val_labels: bool,
+    directory: str,
+) -> None:
+    """Flags rows with labels outside ``classes`` (or drops such validation labels, if allowed)."""
+    class_set = set(classes)
+    for i, row in enumerate(rows["train"]):
+        unknown = [label for label in row.labels if label not in class_set]
+        if unknown:
+            flag("train", i, f"unknown class(es) {unknown} (not in classes.txt).")
+    ignored: dict[str, int] = {}
+    for i, row in enumerate(rows["val"]):
+        unknown = [label for label in row.labels if label not in class_set]
+        if not unknown:
+            continue
+        if allow_unknown_val_labels:
+            for label in unknown:
+                ignored[label] = ignored.get(label, 0) + 1
+            row.labels = tuple(label for label in row.labels if label in class_set)
+        else:
+            flag(
+                "val",
+                i,
+                f"unknown class(es) {unknown}, not among the {len(classes)} classes "
+                "(set data.allow_unknown_val_labels=True to ignore them).",
+            )
+    if ignored:
+        logger.warning(
+            "folder %s: ignored %d validation labels of unknown classes: %s",
+            directory,
+            sum(ignored.values()),
+            ", ".join(f"{k} ({v})" for k, v in sorted(ignored.items())),
+        )
+
+
+def _decode_all(
+    paths: list[str], image_size: int, workers: int, keep: bool, directory: str
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Decodes every image once (in threads): the kept images, and the error of each bad one."""
+    start = time.perf_counter()
+    decoded: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = pool.map(lambda p: _check_image(p, image_size), paths)
+        if len(paths) >= _PROGRESS_MIN_IMAGES:
+            results = _progress(results, total=len(paths), desc="checking images")
+        for p, (image, error) in zip(paths, results, strict=True):
+            if error is not None:
+                errors[p] = error
+            elif keep:
+                decoded[p] = image
+    elapsed = time.perf_counter() - start
+    logger.info(
+        "folder %s: decoded %d images in %.1f s (%.0f images/s)",
+        directory,
+        len(paths),
+        elapsed,
+        len(paths) / max(elapsed, 1e-9),
+    )
+    return decoded, errors
+
+
+def _usable_rows(
+    rows: dict[str, list[_Row]],
+    bad: dict[str, dict[int, list[str]]],
+    fatal: list[str],
+    parse_problems: list[str],
+    skip_bad_rows: bool,
+    directory: str,
+) -> tuple[list[str], dict[str, int], dict[str, list[_Row]]]:
+    """The problems (``file:line: message``), rows skipped per split and the usable rows.
+
+    Raises:
+      FolderDataError: a file-level problem, a bad row without ``skip_bad_rows``, or a split left
+        without rows.
+    """
+    problems = list(parse_problems)
+    for split, split_rows in rows.items():
+        for i, messages in bad[split].items():
+            problems += [f"{CSV_FILES[split]}:{split_rows[i].line}: {m}" for m in messages]
+    problems.sort(key=_problem_order)
+    all_problems = fatal + problems
+    if fatal or (problems and not skip_bad_rows):
+        hint = "" if fatal else " (fix them, or set data.skip_bad_rows=True to skip these rows)"
+        raise FolderDataError(
+            f"folder dataset {directory}: {len(all_problems)} problem(s){hint}:\n  "
+            + "\n  ".join(all_problems),
+            all_problems,
+        )
+    skipped: dict[str, int] = {}
+    usable: dict[str, list[_Row]] = {}
+    for split, split_rows in rows.items():
+        bad_parse = sum(p.startswith(CSV_FILES[split] + ":") for p in parse_problems)
+        skipped[split] = bad_parse + len(bad[split])
+        usable[split] = [r for i, r in enumerate(split_rows) if i not in bad[split]]
+        if not usable[split]:
+            raise FolderDataError(
+                f"folder dataset {directory}: {CSV_FILES[split]} has no usable rows"
+                + (f" ({skipped[split]} skipped)." if skipped[split] else "."),
+                all_problems,
+            )
+    if problems:
+        logger.warning(
+            "folder %s: skipped %d bad rows (train %d, val %d); first: %s",
+            directory,
+            sum(skipped.values()),
+            skipped["train"],
+            skipped["val"],
+            problems[0],
+        )
+    return all_problems, skipped, usable
+
+
 class FolderSource(IndexedSource):
     """The user's own dataset (see the module docstring for the format).
 
@@ -248,103 +364,25 @@ class FolderSource(IndexedSource):
         fatal += class_problems
         if classes is None:
             classes = sorted({label for row in rows["train"] for label in row.labels})
-        class_set = set(classes)
 
         def flag(split: str, i: int, message: str) -> None:
             bad[split].setdefault(i, []).append(message)
 
-        for i, row in enumerate(rows["train"]):
-            unknown = [label for label in row.labels if label not in class_set]
-            if unknown:
-                flag("train", i, f"unknown class(es) {unknown} (not in classes.txt).")
-        ignored: dict[str, int] = {}
-        for i, row in enumerate(rows["val"]):
-            unknown = [label for label in row.labels if label not in class_set]
-            if not unknown:
-                continue
-            if allow_unknown_val_labels:
-                for label in unknown:
-                    ignored[label] = ignored.get(label, 0) + 1
-                row.labels = tuple(label for label in row.labels if label in class_set)
-            else:
-                flag(
-                    "val",
-                    i,
-                    f"unknown class(es) {unknown}, not among the {len(classes)} classes "
-                    "(set data.allow_unknown_val_labels=True to ignore them).",
-                )
-        if ignored:
-            logger.warning(
-                "folder %s: ignored %d validation labels of unknown classes: %s",
-                directory,
-                sum(ignored.values()),
-                ", ".join(f"{k} ({v})" for k, v in sorted(ignored.items())),
-            )
+        _check_labels(rows, classes, flag, allow_unknown_val_labels, directory)
 
         # Decode every referenced image once: that is the only reliable corruption check.
-        start = time.perf_counter()
         unique = sorted({row.path for split_rows in rows.values() for row in split_rows})
-        decoded: dict[str, np.ndarray] = {}
-        errors: dict[str, str] = {}
         keep = len(unique) * self.image_size**2 * 3 <= memory_limit_bytes
-        with concurrent.futures.ThreadPoolExecutor(self._workers) as pool:
-            results = pool.map(lambda p: _check_image(p, self.image_size), unique)
-            if len(unique) >= _PROGRESS_MIN_IMAGES:
-                results = _progress(results, total=len(unique), desc="checking images")
-            for p, (image, error) in zip(unique, results, strict=True):
-                if error is not None:
-                    errors[p] = error
-                elif keep:
-                    decoded[p] = image
-        elapsed = time.perf_counter() - start
-        logger.info(
-            "folder %s: decoded %d images in %.1f s (%.0f images/s)",
-            directory,
-            len(unique),
-            elapsed,
-            len(unique) / max(elapsed, 1e-9),
-        )
+        decoded, errors = _decode_all(unique, self.image_size, self._workers, keep, directory)
         for split, split_rows in rows.items():
             for i, row in enumerate(split_rows):
                 if row.path in errors:
                     where = row.image if row.image == row.path else f"{row.image} ({row.path})"
                     flag(split, i, f"image {where}: {errors[row.path]}")
 
-        problems = list(parse_problems)
-        for split, split_rows in rows.items():
-            for i, messages in bad[split].items():
-                problems += [f"{CSV_FILES[split]}:{split_rows[i].line}: {m}" for m in messages]
-        problems.sort(key=_problem_order)
-        self.problems = fatal + problems
-        if fatal or (problems and not skip_bad_rows):
-            hint = "" if fatal else " (fix them, or set data.skip_bad_rows=True to skip these rows)"
-            raise FolderDataError(
-                f"folder dataset {directory}: {len(self.problems)} problem(s){hint}:\n  "
-                + "\n  ".join(self.problems),
-                self.problems,
-            )
-
-        self.skipped = {}
-        self._rows: dict[str, list[_Row]] = {}
-        for split, split_rows in rows.items():
-            bad_parse = sum(p.startswith(CSV_FILES[split] + ":") for p in parse_problems)
-            self.skipped[split] = bad_parse + len(bad[split])
-            self._rows[split] = [r for i, r in enumerate(split_rows) if i not in bad[split]]
-            if not self._rows[split]:
-                raise FolderDataError(
-                    f"folder dataset {directory}: {CSV_FILES[split]} has no usable rows"
-                    + (f" ({self.skipped[split]} skipped)." if self.skipped[split] else "."),
-                    self.problems,
-                )
-        if problems:
-            logger.warning(
-                "folder %s: skipped %d bad rows (train %d, val %d); first: %s",
-                directory,
-                sum(self.skipped.values()),
-                self.skipped["train"],
-                self.skipped["val"],
-                problems[0],
-            )
+        self.problems, self.skipped, self._rows = _usable_rows(
+            rows, bad, fatal, parse_problems, skip_bad_rows, directory
+        )
         if not classes:
             raise FolderDataError(
                 f"folder dataset {directory}: no labels in train.csv, so there are no classes "
