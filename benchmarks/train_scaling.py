@@ -20,10 +20,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from asl_jax.training.parallel import FAST_COMPILE
 from benchmarks import _timing
 from benchmarks._train_common import (
     ASL_ADAPTIVE,
-    FAST_COMPILE,
     LOSS_KEYS,
     LOSSES,
     ROOT,

@@ -41,6 +41,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from asl_jax.training.parallel import FAST_COMPILE
 from benchmarks import _machine, _timing
 from benchmarks._train_common import (
     _LOSS_ALONE,
@@ -49,7 +50,6 @@ from benchmarks._train_common import (
     ASL_DETACHED,
     ASL_STATIC,
     BCE,
-    FAST_COMPILE,
     FOCAL,
     LOSS_ALONE_ASL,
     LOSS_ALONE_BCE,

@@ -74,27 +74,18 @@ def _breakdown_candidates(
     config: Any, state: Any, batch: dict, options: dict | None = None
 ) -> dict[str, Callable[[], object]]:
     """Cumulative sub-programs of the train step (the step's own code, cut after each part)."""
-    from asl_jax.data import augment_images
-    from asl_jax.losses import reduce_loss
     from asl_jax.training import AugmentConfig, LossConfig
-    from asl_jax.training.step import elementwise_loss
+    from asl_jax.training.step import augmented_images, known_labels, loss_and_logits
 
     augment = AugmentConfig.from_config(config.augment)
     reference = LossConfig.from_config(config.loss)
 
     def images_of(s: Any, b: dict) -> jax.Array:
-        key = jax.random.fold_in(s.key, s.step)
-        return augment_images(
-            key,
-            b["image"],
-            flip=augment.flip,
-            cutout=augment.cutout,
-            randaugment=augment.randaugment,
-        )
+        return augmented_images(s, b, augment)
 
-    def forward(params: Any, s: Any, b: dict) -> tuple[jax.Array, Any]:
+    def forward(s: Any, b: dict) -> Any:
         logits, updates = s.apply_fn(
-            {"params": params, "batch_stats": s.batch_stats},
+            {"params": s.params, "batch_stats": s.batch_stats},
             images_of(s, b),
             train=True,
             mutable=["batch_stats"],
@@ -102,10 +93,13 @@ def _breakdown_candidates(
         return logits.astype(jnp.float32), updates
 
     def value_and_grad(s: Any, b: dict) -> Any:
-        def fn(params: Any) -> tuple[jax.Array, Any]:
-            logits, updates = forward(params, s, b)
-            value = elementwise_loss(logits, b["labels"], reference, reference.gamma_neg)
-            return reduce_loss(value, reference.reduction), updates
+        images = images_of(s, b)
+        labels, where = known_labels(b)
+
+        def fn(params: Any) -> Any:
+            return loss_and_logits(
+                params, s, images, labels, where, loss=reference, gamma_neg=reference.gamma_neg
+            )
 
         return jax.value_and_grad(fn, has_aux=True)(s.params)
 
@@ -113,7 +107,7 @@ def _breakdown_candidates(
         return jax.jit(fn, compiler_options=options)
 
     aug = jit(images_of)
-    fwd = jit(lambda s, b: forward(s.params, s, b))
+    fwd = jit(forward)
     grad = jit(value_and_grad)
     return {
         PART_AUGMENT: lambda: jax.block_until_ready(aug(state, batch)),

@@ -120,6 +120,11 @@ def jit_eval_step(eval_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]
     return jax.jit(eval_fn, in_shardings=(rep, dat), out_shardings=rep)
 
 
+#: XLA:CPU options that skip the expensive optimisations: for programs whose compile time matters
+#: more than their run time (the state initialiser; the benchmarks' smoke tests).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """``jax.jit`` of a state initialiser whose output is placed replicated on ``mesh``.
 
@@ -130,5 +135,5 @@ def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """
     options = None
     if mesh.devices.flat[0].platform == "cpu":
-        options = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+        options = FAST_COMPILE
     return jax.jit(init_fn, out_shardings=replicated_sharding(mesh), compiler_options=options)

@@ -107,7 +107,47 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def augmented_images(
+    state: TrainState, batch: dict[str, jax.Array], augment: AugmentConfig
+) -> jax.Array:
+    """The batch's images after the step's augmentation (keyed by ``fold_in(rng, step)``)."""
+    return augment_images(
+        jax.random.fold_in(state.key, state.step),
+        batch["image"],
+        flip=augment.flip,
+        cutout=augment.cutout,
+        randaugment=augment.randaugment,
+    )
+
+
+def loss_and_logits(
+    params: Any,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    where: jax.Array | None,
+    *,
+    loss: LossConfig,
+    gamma_neg: jax.Array | float,
+) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    """The forward pass in training mode and the reduced loss: ``(loss, (logits, batch_stats))``.
+
+    The function the train step differentiates with respect to ``params``.
+    """
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+    )
+    logits = logits.astype(jnp.float32)
+    value = reduce_loss(
+        elementwise_loss(logits, labels, loss, gamma_neg), loss.reduction, where=where
+    )
+    return value, (logits, updates["batch_stats"])
+
+
+def known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """The labels with unknown entries set to 0, and where the loss counts (known, not padding).
 
     Unknown labels (-1, any negative value) are masked out; known labels are used as given (hard
@@ -162,30 +202,13 @@ def train_step(
       ``skipped`` (1 when the loss or the gradient was not finite: the state is then unchanged
       except the step and skip counters), ``consecutive_nonfinite``.
     """
-    key = jax.random.fold_in(state.key, state.step)
-    images = augment_images(
-        key,
-        batch["image"],
-        flip=augment.flip,
-        cutout=augment.cutout,
-        randaugment=augment.randaugment,
-    )
-    labels, where = _known_labels(batch)
+    images = augmented_images(state, batch, augment)
+    labels, where = known_labels(batch)
     adaptive = loss.adaptive and loss.name == "asl"
     gamma_neg = state.gamma_neg if adaptive else loss.gamma_neg
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        logits = logits.astype(jnp.float32)
-        value = reduce_loss(
-            elementwise_loss(logits, labels, loss, gamma_neg), loss.reduction, where=where
-        )
-        return value, (logits, updates["batch_stats"])
+        return loss_and_logits(params, state, images, labels, where, loss=loss, gamma_neg=gamma_neg)
 
     (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     stats = probability_stats(jax.lax.stop_gradient(logits), labels, where=where)
