@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 Reduction = Literal["sum", "batchmean", "mean"]
-_REDUCTIONS = ("sum", "batchmean", "mean")
+REDUCTIONS = ("sum", "batchmean", "mean")
 
 # Below this shifted probability the ratio -log(1 - p_m) / p_m is evaluated from its Taylor series
 # 1 + p_m/2 + p_m²/3 + ...: the direct quotient loses its digits to cancellation as p_m -> 0.
@@ -535,8 +535,8 @@ def reduce_loss(
       >>> print(reduce_loss(loss, "batchmean", where=jnp.array([[True, True], [False, False]])))
       3.0
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}.")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}.")
     loss = jnp.asarray(loss)
     if loss.ndim == 0 and reduction == "batchmean":
         raise ValueError("reduction 'batchmean' needs a loss with a batch axis, got a scalar.")

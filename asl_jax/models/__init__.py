@@ -6,6 +6,8 @@ Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, is called with 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -15,12 +17,13 @@ import jax.numpy as jnp
 from asl_jax.models.cnn import SmallCNN
 from asl_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
 
-MODEL_NAMES = ("cnn", "resnet18", "resnet34", "resnet50")
-
 __all__ = [
+    "DTYPE_NAMES",
+    "MODELS",
     "MODEL_NAMES",
     "BasicBlock",
     "Bottleneck",
+    "ModelSpec",
     "ResNet",
     "ResNet18",
     "ResNet34",
@@ -31,6 +34,33 @@ __all__ = [
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+#: The values of ``model.dtype``.
+DTYPE_NAMES = ("auto", *_DTYPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model registry.
+
+    Attributes:
+      build: ``(num_classes, dtype) -> module`` with the model's default width.
+      width_argument: the constructor argument that ``width`` sets (channels of the first stage).
+      default_width: the width used when ``width`` is None.
+    """
+
+    build: Callable[..., nn.Module]
+    width_argument: str
+    default_width: int
+
+
+#: Every model ``create_model`` builds (inputs: float32 images in [0, 1]).
+MODELS: dict[str, ModelSpec] = {
+    "cnn": ModelSpec(SmallCNN, "width", SmallCNN.width),
+    "resnet18": ModelSpec(ResNet18, "num_filters", ResNet.num_filters),
+    "resnet34": ModelSpec(ResNet34, "num_filters", ResNet.num_filters),
+    "resnet50": ModelSpec(ResNet50, "num_filters", ResNet.num_filters),
+}
+MODEL_NAMES = tuple(MODELS)
 
 
 def resolve_dtype(dtype: Any = "auto") -> jnp.dtype:
@@ -82,10 +112,11 @@ def create_model(
         raise ValueError(f"num_classes={num_classes!r}: expected a positive integer")
     if width is not None and (not isinstance(width, int) or width <= 0):
         raise ValueError(f"model.width={width!r}: expected a positive integer or None")
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "dtype": resolve_dtype(dtype)}
-    if name == "cnn":
-        return SmallCNN(**kwargs, **({} if width is None else {"width": width}))
-    factories = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}
-    if name not in factories:
+    if name not in MODELS:
         raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
-    return factories[name](**kwargs, **({} if width is None else {"num_filters": width}))
+    spec = MODELS[name]
+    return spec.build(
+        num_classes=num_classes,
+        dtype=resolve_dtype(dtype),
+        **{spec.width_argument: spec.default_width if width is None else width},
+    )

@@ -20,10 +20,10 @@ from asl_jax.data import (
     validate_augment_config,
     validate_data_config,
 )
-from asl_jax.models import MODEL_NAMES
+from asl_jax.losses import REDUCTIONS
+from asl_jax.models import DTYPE_NAMES, MODEL_NAMES
 from asl_jax.training.loss_registry import LOSS_NAMES, LOSSES
 from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
-from asl_jax.training.step import REDUCTIONS
 
 #: Every field of the training config, with a one-line description (the README's table).
 FIELDS: dict[str, str] = {
@@ -83,8 +83,6 @@ OPERATIONAL_FIELDS = frozenset(
         "data.cache_dir",
     }
 )
-
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -235,7 +233,7 @@ def _check_loss(check: _Checker, flat: dict[str, Any]) -> None:
 def _check_model_and_optimizer(check: _Checker) -> None:
     check.choice("model.name", MODEL_NAMES)
     check.integer("model.width", 0)
-    check.choice("model.dtype", _DTYPES)
+    check.choice("model.dtype", DTYPE_NAMES)
     check.choice("optimizer", OPTIMIZERS)
     check.choice("schedule", SCHEDULES)
     check.real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)

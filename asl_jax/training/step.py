@@ -28,8 +28,6 @@ from asl_jax.losses import asymmetric_loss, reduce_loss
 from asl_jax.training.loss_registry import loss_spec
 from asl_jax.training.state import TrainState
 
-REDUCTIONS = ("sum", "batchmean", "mean")
-
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
