@@ -199,8 +199,8 @@ def build_programs(
         ),
         mesh,
     )
-    evaluate = parallel.jit_eval_step(eval_step, mesh)
-    programs = Programs(model, tx, schedule, init, train, evaluate)
+    eval_fn = parallel.jit_eval_step(eval_step, mesh)
+    programs = Programs(model, tx, schedule, init, train, eval_fn)
     _PROGRAMS[key] = programs
     return programs
 

@@ -158,8 +158,8 @@ class _CorruptAfter:
         return self._source.num_examples(split)
 
     def batches(self, split, **kwargs):
-        spe = self.num_examples("train") // kwargs["batch_size"]
-        step = kwargs.get("epoch", 0) * spe + kwargs.get("start_batch", 0)
+        epoch_steps = self.num_examples("train") // kwargs["batch_size"]
+        step = kwargs.get("epoch", 0) * epoch_steps + kwargs.get("start_batch", 0)
         for batch in self._source.batches(split, **kwargs):
             if split == "train" and step >= self._first_bad:
                 batch = dict(batch, labels=np.full_like(batch["labels"], np.nan))
