@@ -105,6 +105,19 @@ def _single_device_mesh() -> jax.sharding.Mesh:
     return make_mesh(jax.devices()[:1])
 
 
+def programs_for(config: Any, source: Any, spec: Any, mesh: Any) -> Any:
+    """The package's compiled programs of `config` (what training runs) on `mesh`."""
+    from asl_jax.training import build_programs
+
+    return build_programs(
+        config,
+        num_classes=source.num_classes,
+        image_size=spec.image_size,
+        total_steps=TOTAL_STEPS,
+        mesh=mesh,
+    )
+
+
 def _take_batches(source: Any, config: Any, count: int, *, epoch: int = 0) -> list[dict]:
     """The first `count` training batches of `config` (host NumPy), cycling over epochs."""
     out: list[dict] = []

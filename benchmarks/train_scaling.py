@@ -27,13 +27,13 @@ from benchmarks._train_common import (
     LOSS_KEYS,
     LOSSES,
     ROOT,
-    TOTAL_STEPS,
     ModelSpec,
     _compile_train,
     _ms,
     _specs,
     _take_batches,
     make_config,
+    programs_for,
 )
 
 _SCALING_MARKER = "SCALING_JSON "
@@ -80,7 +80,7 @@ def scaling_check(
       The fields of `ScalingResult` but ``wall_seconds`` and ``subprocess``.
     """
     from asl_jax.data import create_source
-    from asl_jax.training import build_programs, make_mesh, shard_batch
+    from asl_jax.training import make_mesh, shard_batch
 
     available = jax.devices()
     if len(available) < devices:
@@ -94,13 +94,7 @@ def scaling_check(
     runs: dict[int, dict[str, Any]] = {}
     for n in (1, devices):
         mesh = make_mesh(available[:n])
-        programs = build_programs(
-            config,
-            num_classes=source.num_classes,
-            image_size=spec.image_size,
-            total_steps=TOTAL_STEPS,
-            mesh=mesh,
-        )
+        programs = programs_for(config, source, spec, mesh)
         batches = [shard_batch(b, mesh) for b in host_batches]
         state = programs.init(jax.random.key(seed))
         train, _ = _compile_train(programs, state, batches[0], compiler_options)

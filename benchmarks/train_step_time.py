@@ -29,7 +29,6 @@ from benchmarks._train_common import (
     PART_AUGMENT,
     PART_BACKWARD,
     PART_FORWARD,
-    TOTAL_STEPS,
     ModelSpec,
     _compile_train,
     _flops,
@@ -39,6 +38,7 @@ from benchmarks._train_common import (
     _Stepper,
     _take_batches,
     make_config,
+    programs_for,
 )
 
 
@@ -175,7 +175,7 @@ def run_step_timings(
       A `StepResult`.
     """
     from asl_jax.data import create_source
-    from asl_jax.training import build_programs, shard_batch
+    from asl_jax.training import shard_batch
 
     do_breakdown = breakdown if breakdown is not None else spec.breakdown
     names = list(dict.fromkeys([BCE, *losses, *([reference] if do_breakdown else [])]))
@@ -190,13 +190,7 @@ def run_step_timings(
     estimate = 0.0
     for name in names:
         config = make_config(spec, LOSSES[name], cache_dir=cache_dir)
-        programs = build_programs(
-            config,
-            num_classes=source.num_classes,
-            image_size=spec.image_size,
-            total_steps=TOTAL_STEPS,
-            mesh=mesh,
-        )
+        programs = programs_for(config, source, spec, mesh)
         # The same key for every loss: the same initial parameters (γ− = 4 where it is used).
         state = programs.init(jax.random.key(seed))
         start = time.perf_counter()
@@ -214,13 +208,7 @@ def run_step_timings(
     extra = _loss_candidates(batches[0]["labels"], seed=seed, options=compiler_options)
     if do_breakdown:
         config = make_config(spec, LOSSES[reference], cache_dir=cache_dir)
-        programs = build_programs(
-            config,
-            num_classes=source.num_classes,
-            image_size=spec.image_size,
-            total_steps=TOTAL_STEPS,
-            mesh=mesh,
-        )
+        programs = programs_for(config, source, spec, mesh)
         state = programs.init(jax.random.key(seed))
         extra.update(_breakdown_candidates(config, state, batches[0], compiler_options))
     for fn in extra.values():

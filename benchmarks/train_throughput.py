@@ -23,7 +23,6 @@ from benchmarks import _timing
 from benchmarks._train_common import (
     ASL_STATIC,
     LOSSES,
-    TOTAL_STEPS,
     ModelSpec,
     _compile_train,
     _rate,
@@ -31,6 +30,7 @@ from benchmarks._train_common import (
     _Stepper,
     _take_batches,
     make_config,
+    programs_for,
 )
 
 SHAPES_PIPELINE = "shapes pipeline alone (`source.batches`)"
@@ -120,18 +120,12 @@ def run_throughput(
     """
     from asl_jax.data import create_source, steps_per_epoch
     from asl_jax.data.folder import FolderSource
-    from asl_jax.training import build_programs, shard_batch
+    from asl_jax.training import shard_batch
 
     mesh = _single_device_mesh()
     config = make_config(spec, LOSSES[loss], cache_dir=cache_dir)
     source = create_source(config.data, seed=seed)
-    programs = build_programs(
-        config,
-        num_classes=source.num_classes,
-        image_size=spec.image_size,
-        total_steps=TOTAL_STEPS,
-        mesh=mesh,
-    )
+    programs = programs_for(config, source, spec, mesh)
     batch_size = int(config.batch_size)
     epochs = iter(range(1, 1 << 30))
 
