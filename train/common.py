@@ -147,7 +147,7 @@ def read_workdir_config(workdir: str) -> Any:
     return config
 
 
-def read_class_names(workdir: str, config: Any) -> tuple[str, ...]:
+def read_class_names(workdir: str) -> tuple[str, ...]:
     """The run's class names: ``classes.txt`` of the workdir (written by the training loop)."""
     path = os.path.join(workdir, "classes.txt")
     if not os.path.isfile(path):
@@ -252,7 +252,7 @@ def open_run(
                 f"no checkpoint of step {step} in {ckpt_dir} (checkpoints of steps "
                 f"{', '.join(map(str, steps))})"
             )
-        class_names = read_class_names(workdir, config)
+        class_names = read_class_names(workdir)
         batch_size = batch_size or eval_batch_size(config)
         mesh = data_mesh(batch_size)
         # total_steps only shapes the learning-rate schedule, not the optimizer state's
