@@ -181,6 +181,44 @@ def data_mesh(batch_size: int) -> Any:
     return make_mesh(devices[:n])
 
 
+def _checkpoint_step(
+    steps: list[int],
+    ckpt_dir: str,
+    summary: dict[str, Any] | None,
+    summary_path: str,
+    *,
+    step: int | None,
+    best: bool,
+    ema: bool,
+) -> int:
+    """The checkpoint step :func:`open_run` restores (``RunError`` naming the kept steps)."""
+    if not steps:
+        raise RunError(f"no checkpoint in {ckpt_dir}")
+    if best:
+        key = "best_map_ema" if ema else "best_map"
+        if summary is None or summary.get(f"{key}_step") is None:
+            raise RunError(
+                f"--best needs the evaluations of {summary_path}, which is missing or has "
+                "none; give --step or omit it for the latest checkpoint"
+            )
+        step = int(summary[f"{key}_step"])
+        if step not in steps:
+            raise RunError(
+                f"the best {'EMA ' if ema else ''}mAP ({100 * summary[key]:.2f}%) was "
+                f"evaluated at step {step}, but that checkpoint is no longer kept (checkpoints "
+                f"of steps {', '.join(map(str, steps))}); give --step, or train with "
+                "checkpoint_every dividing eval_every and a larger max_checkpoints_to_keep"
+            )
+    elif step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise RunError(
+            f"no checkpoint of step {step} in {ckpt_dir} (checkpoints of steps "
+            f"{', '.join(map(str, steps))})"
+        )
+    return step
+
+
 def open_run(
     workdir: str | os.PathLike[str],
     *,
@@ -227,31 +265,9 @@ def open_run(
         raise RunError(f"no checkpoint in {workdir} (no checkpoints/ directory)")
     ckpt = Checkpointer(ckpt_dir)
     try:
-        steps = sorted(ckpt.all_steps())
-        if not steps:
-            raise RunError(f"no checkpoint in {ckpt_dir}")
-        if best:
-            key = "best_map_ema" if ema else "best_map"
-            if summary is None or summary.get(f"{key}_step") is None:
-                raise RunError(
-                    f"--best needs the evaluations of {summary_path}, which is missing or has "
-                    "none; give --step or omit it for the latest checkpoint"
-                )
-            step = int(summary[f"{key}_step"])
-            if step not in steps:
-                raise RunError(
-                    f"the best {'EMA ' if ema else ''}mAP ({100 * summary[key]:.2f}%) was "
-                    f"evaluated at step {step}, but that checkpoint is no longer kept (checkpoints "
-                    f"of steps {', '.join(map(str, steps))}); give --step, or train with "
-                    "checkpoint_every dividing eval_every and a larger max_checkpoints_to_keep"
-                )
-        elif step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise RunError(
-                f"no checkpoint of step {step} in {ckpt_dir} (checkpoints of steps "
-                f"{', '.join(map(str, steps))})"
-            )
+        step = _checkpoint_step(
+            sorted(ckpt.all_steps()), ckpt_dir, summary, summary_path, step=step, best=best, ema=ema
+        )
         class_names = read_class_names(workdir)
         batch_size = batch_size or eval_batch_size(config)
         mesh = data_mesh(batch_size)

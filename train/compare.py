@@ -296,31 +296,43 @@ def compare(
             f"best {_pct(entry['best_map'])}"
         )
 
-    if interrupted is not None:
-        status = "interrupted"
-    elif any(r["status"] == "failed" for r in runs):
-        status = "failed"
-    else:
-        status = "completed"
     result = {
         "command": command,
         "workdir": workdir,
         "losses": list(losses),
-        "status": status,
+        "status": _status(runs, interrupted),
         "signal": interrupted,
         "runs": runs,
         "config": base_config.to_dict(),
     }
+    _write_results(result, records, log)
+    return result
+
+
+def _status(runs: Sequence[Mapping[str, Any]], interrupted: int | None) -> str:
+    if interrupted is not None:
+        return "interrupted"
+    if any(r["status"] == "failed" for r in runs):
+        return "failed"
+    return "completed"
+
+
+def _write_results(
+    result: dict[str, Any],
+    records: Mapping[str, list[dict[str, Any]]],
+    log: Callable[[str], None],
+) -> None:
+    """compare.json, compare.md and the plots of a comparison's ``result`` in its workdir."""
     from asl_jax.training.records import write_json
 
+    workdir = result["workdir"]
     write_json(os.path.join(workdir, "compare.json"), result)
     with open(os.path.join(workdir, "compare.md"), "w", encoding="utf-8") as f:
         f.write(format_markdown(result))
     try:
-        plot_compare(runs, records, os.path.join(workdir, "plots"))
+        plot_compare(result["runs"], records, os.path.join(workdir, "plots"))
     except Exception as e:  # plots are a convenience: never lose the results to them
         log(f"warning: could not write plots: {e!r}")
-    return result
 
 
 def _pct(value: float | None) -> str:
