@@ -39,6 +39,11 @@ with empty classes.
 
 **Threshold metrics.** CP, CR, CF1 (per-class averages) and OP, OR, OF1 (overall, all elements
 pooled) in the ML-GCN convention; see :func:`threshold_metrics` for the exact 0/0 conventions.
+
+**Names.** Every metric has one key, in lower case, wherever it is stored: the dictionaries
+returned here, ``eval.json``, ``summary.json`` and ``compare.json`` (``map``, ``cp``, ``cr``,
+``cf1``, ``op``, ``or``, ``of1``; ``_ema`` appended for the EMA model). :data:`METRIC_LABELS` maps
+each key to the label that tables print (the papers' ``mAP``, ``CF1``, ...).
 """
 
 from __future__ import annotations
@@ -50,7 +55,18 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["average_precision", "mean_average_precision", "threshold_metrics"]
+__all__ = [
+    "METRIC_LABELS",
+    "THRESHOLD_METRICS",
+    "average_precision",
+    "mean_average_precision",
+    "threshold_metrics",
+]
+
+#: The keys of :func:`threshold_metrics`, in the order papers print them.
+THRESHOLD_METRICS = ("cp", "cr", "cf1", "op", "or", "of1")
+#: Key -> the label tables print, for mAP and every threshold metric.
+METRIC_LABELS = {"map": "mAP", **{key: key.upper() for key in THRESHOLD_METRICS}}
 
 NoPositivesPolicy = Literal["ignore", "zero", "raise"]
 _NO_POSITIVES_POLICIES = ("ignore", "zero", "raise")
@@ -428,8 +444,8 @@ def threshold_metrics(
       top_k: ``None`` (default) or an integer in ``[1, K]``.
 
     Returns:
-      ``{"CP", "CR", "CF1", "OP", "OR", "OF1"}`` as Python floats in :math:`[0, 1]` (fractions;
-      papers print them times 100).
+      ``{"cp", "cr", "cf1", "op", "or", "of1"}`` (:data:`THRESHOLD_METRICS`) as Python floats in
+      :math:`[0, 1]` (fractions; papers print them times 100).
 
     Raises:
       ValueError: bad shapes, non-binary labels, probabilities outside [0, 1] or non-finite,
@@ -443,8 +459,8 @@ def threshold_metrics(
       >>> labels = np.array([[1, 0, 0], [0, 1, 1]])
       >>> m = threshold_metrics(probs, labels)  # class 1: 1 of its 2 predictions is right
       >>> {name: round(value, 4) for name, value in m.items()}
-      {'CP': 0.8333, 'CR': 1.0, 'CF1': 0.9091, 'OP': 0.75, 'OR': 1.0, 'OF1': 0.8571}
-      >>> threshold_metrics(probs, labels, top_k=1)["OR"]  # one label per image
+      {'cp': 0.8333, 'cr': 1.0, 'cf1': 0.9091, 'op': 0.75, 'or': 1.0, 'of1': 0.8571}
+      >>> threshold_metrics(probs, labels, top_k=1)["or"]  # one label per image
       0.6666666666666666
 
     References:
@@ -496,4 +512,5 @@ def threshold_metrics(
     cr = float(np.mean(_safe_ratio(correct, positive)))
     op = float(_safe_ratio(correct.sum(), predicted.sum()))
     or_ = float(_safe_ratio(correct.sum(), positive.sum()))
-    return {"CP": cp, "CR": cr, "CF1": _f1(cp, cr), "OP": op, "OR": or_, "OF1": _f1(op, or_)}
+    values = (cp, cr, _f1(cp, cr), op, or_, _f1(op, or_))
+    return dict(zip(THRESHOLD_METRICS, values, strict=True))

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from asl_jax import metrics
 from asl_jax.metrics import average_precision, mean_average_precision, threshold_metrics
 
-METRIC_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+METRIC_KEYS = ("cp", "cr", "cf1", "op", "or", "of1")
 
 
 def _random_problem(seed, n=200, k=7, rate=0.2, decimals=None):
@@ -294,7 +294,7 @@ def _reference_threshold_metrics(probs, labels, threshold, top_k=None):
     cr = sum(ratio(correct[j], positive[j]) for j in range(k)) / k
     op = ratio(sum(correct), sum(predicted))
     or_ = ratio(sum(correct), sum(positive))
-    return {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": or_, "OF1": f1(op, or_)}
+    return {"cp": cp, "cr": cr, "cf1": f1(cp, cr), "op": op, "or": or_, "of1": f1(op, or_)}
 
 
 def _assert_metrics_close(got, expected):
@@ -328,7 +328,7 @@ def test_threshold_metrics_default_threshold_is_half_inclusive():
     labels = np.array([[1, 1], [0, 1]])
     got = threshold_metrics(probs, labels)
     _assert_metrics_close(got, _reference_threshold_metrics(probs, labels, 0.5))
-    assert got["OR"] == pytest.approx(2 / 3)  # p == 0.5 counts as positive
+    assert got["or"] == pytest.approx(2 / 3)  # p == 0.5 counts as positive
 
 
 def test_threshold_metrics_zero_division_conventions():
@@ -338,10 +338,10 @@ def test_threshold_metrics_zero_division_conventions():
     labels = np.array([[1, 0, 0, 1], [0, 0, 0, 0]])
     got = threshold_metrics(probs, labels)
     _assert_metrics_close(got, _reference_threshold_metrics(probs, labels, 0.5))
-    assert got["CP"] == pytest.approx((0 + 0 + 0 + 1) / 4)
-    assert got["CR"] == pytest.approx((0 + 0 + 0 + 1) / 4)
-    assert got["OP"] == pytest.approx(1 / 2)  # pooled: not ML-GCN's +1 per empty class
-    assert got["OR"] == pytest.approx(1 / 2)
+    assert got["cp"] == pytest.approx((0 + 0 + 0 + 1) / 4)
+    assert got["cr"] == pytest.approx((0 + 0 + 0 + 1) / 4)
+    assert got["op"] == pytest.approx(1 / 2)  # pooled: not ML-GCN's +1 per empty class
+    assert got["or"] == pytest.approx(1 / 2)
     # Nothing predicted and nothing positive at all: every metric is 0, never NaN.
     none = threshold_metrics(np.zeros((3, 2)), np.zeros((3, 2)))
     assert none == dict.fromkeys(METRIC_KEYS, 0.0)
@@ -360,8 +360,8 @@ def test_threshold_metrics_top_k_tie_break_is_lower_class_index():
     probs = np.array([[0.6, 0.9, 0.6, 0.6]])
     labels = np.array([[0, 0, 1, 1]])
     # Top-2 = class 1 and, of the tied classes 0/2/3, class 0: no positive label is recalled.
-    assert threshold_metrics(probs, labels, top_k=2)["OR"] == 0.0
-    assert threshold_metrics(probs, labels, top_k=4)["OR"] == 1.0
+    assert threshold_metrics(probs, labels, top_k=2)["or"] == 0.0
+    assert threshold_metrics(probs, labels, top_k=4)["or"] == 1.0
 
 
 def test_threshold_metrics_top_k_equal_to_num_classes_is_plain_threshold():
@@ -382,7 +382,7 @@ def test_threshold_is_compared_in_the_probabilities_dtype():
     probs = np.array([[0.7, 0.2], [0.1, 0.9]], dtype=np.float32)
     labels = np.array([[1, 0], [0, 1]])
     # float32(0.7) < 0.7 in float64, but the threshold is cast to float32 like the scores.
-    assert threshold_metrics(probs, labels, threshold=0.7)["OR"] == 1.0
+    assert threshold_metrics(probs, labels, threshold=0.7)["or"] == 1.0
 
 
 def test_threshold_metrics_accept_jax_arrays():
@@ -500,7 +500,7 @@ def test_numpy_and_jax_scalar_arguments_are_accepted():
     assert threshold_metrics(_S, _Y, threshold=np.float32(0.5), top_k=np.int64(2)) == expected
     assert threshold_metrics(_S, _Y, threshold=jnp.float32(0.5), top_k=2) == expected
     assert threshold_metrics(_S, _Y, threshold=jnp.asarray(0.5, jnp.bfloat16), top_k=2) == expected
-    assert threshold_metrics(_S, _Y, threshold=np.array(1), top_k=2)["OP"] == 0.0
+    assert threshold_metrics(_S, _Y, threshold=np.array(1), top_k=2)["op"] == 0.0
 
 
 def test_docstring_examples():

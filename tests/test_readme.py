@@ -1,5 +1,8 @@
-"""The README's config reference matches the config schema: every field, with its default."""
+"""The README is true: its Python blocks run as written, and its config reference matches the
+config schema (every field, with its default)."""
 
+import contextlib
+import io
 import pathlib
 import re
 
@@ -37,3 +40,31 @@ def test_readme_lists_every_config_field():
 @pytest.mark.parametrize("field", sorted(DEFAULTS))
 def test_readme_default_is_the_config_default(field):
     assert _readme_defaults().get(field) == repr(DEFAULTS[field])
+
+
+def _python_blocks():
+    """(first line number, code) of every ```python block of the README."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    blocks, start = [], None
+    for number, line in enumerate(lines, 1):
+        if start is None and line.strip() == "```python":
+            start = number + 1
+        elif start is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(lines[start - 1 : number - 1])))
+            start = None
+    assert start is None, f"README.md: the Python block of line {start} is not closed"
+    return blocks
+
+
+def test_readme_has_python_blocks():
+    assert _python_blocks()
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [pytest.param(line, code, id=f"line{line}") for line, code in _python_blocks()],
+)
+def test_readme_python_block_runs_as_written(line, code):
+    """Each block runs on its own, in a fresh namespace, as a user would paste it."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})

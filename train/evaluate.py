@@ -27,18 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from asl_jax.metrics import METRIC_LABELS, THRESHOLD_METRICS
 from train.common import RunError, build_source, open_run
 
-METRICS = ("map", "cp", "cr", "cf1", "op", "or", "of1")
-NAMES = {
-    "map": "mAP",
-    "cp": "CP",
-    "cr": "CR",
-    "cf1": "CF1",
-    "op": "OP",
-    "or": "OR",
-    "of1": "OF1",
-}
+# What the table prints, in this order (the keys of eval.json).
+METRICS = ("map", *THRESHOLD_METRICS)
 
 
 def predict_split(run: Any, source: Any, split: str, *, ema: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -143,8 +136,8 @@ def format_result(result: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for key in METRICS:
-        value = result[key]
-        lines.append(f"| {NAMES[key]} | {'n/a' if value is None else f'{100 * value:.2f}'} |")
+        value = "n/a" if result[key] is None else f"{100 * result[key]:.2f}"
+        lines.append(f"| {METRIC_LABELS[key]} | {value} |")
     scored = [c for c in result["per_class"] if c["ap"] is not None]
     if scored:
         worst = sorted(scored, key=lambda c: c["ap"])[:3]

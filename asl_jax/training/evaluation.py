@@ -105,7 +105,7 @@ def metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) -> dict[
     thr = threshold_metrics(
         np.where(known, probs, 0.0), np.where(known, labels, 0.0), threshold=threshold
     )
-    result.update({key.lower(): float(value) for key, value in thr.items()})
+    result.update(thr)
     return result
 
 

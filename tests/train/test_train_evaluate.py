@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from asl_jax.metrics import METRIC_LABELS, threshold_metrics
 from train.common import RunError
-from train.evaluate import evaluate_workdir, format_result
+from train.evaluate import METRICS, evaluate_workdir, format_result
 
 
 def test_cli_evaluates_the_latest_checkpoint_like_the_training_run(comparison):
@@ -25,7 +26,7 @@ def test_cli_evaluates_the_latest_checkpoint_like_the_training_run(comparison):
     result = json.load(open(os.path.join(run, "eval.json")))
     assert result["step"] == 8 and result["split"] == "val" and result["model"] == "regular"
     assert result["num_images"] == 64 and result["threshold"] == 0.5
-    for key in ("map", "cp", "cr", "cf1", "op", "or", "of1"):
+    for key in METRICS:
         # Same checkpoint, same data, same metrics as the evaluation at the end of training.
         assert result[key] == pytest.approx(final[key], abs=1e-6), key
     classes = open(os.path.join(run, "classes.txt")).read().split()
@@ -34,6 +35,21 @@ def test_cli_evaluates_the_latest_checkpoint_like_the_training_run(comparison):
     assert result["map"] == pytest.approx(np.mean(aps))
     # A class without positives in the split has no AP (and is left out of the mean).
     assert all((c["ap"] is None) == (c["num_positives"] == 0) for c in result["per_class"])
+
+
+def test_each_metric_has_one_key_in_the_api_and_every_file(comparison):
+    """threshold_metrics, eval.json, summary.json and metrics.jsonl spell each metric alike."""
+    run = comparison.run
+    api = set(threshold_metrics(np.array([[0.7, 0.2]]), np.array([[1, 0]])))
+    assert set(METRICS) == {"map"} | api == set(METRIC_LABELS)
+    result = evaluate_workdir(run, output=os.path.join(run, "eval_keys.json"))
+    assert set(METRICS) <= set(result) and set(METRICS) <= set(json.load(open(result["output"])))
+    with_ema = set(METRICS) | {f"{key}_ema" for key in METRICS}
+    final = json.load(open(os.path.join(run, "summary.json")))["final"]
+    assert with_ema <= set(final)
+    records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert all(with_ema <= set(r) for r in records if r["kind"] == "eval")
+    assert not {key.upper() for key in with_ema} & (set(final) | set(result))
 
 
 def test_ema_best_checkpoint_train_split_and_output(comparison, tmp_path):
