@@ -148,27 +148,46 @@ def _check_scores(x: Any, name: str) -> np.ndarray:
 
 
 def _check_labels(x: Any, name: str = "labels") -> np.ndarray:
-    """Binary ``[N, K]`` labels (bool, or numbers equal to 0 or 1); returned unconverted."""
+    """``[N, K]`` labels: 1 positive, 0 negative, -1 unknown (bool, or numbers); unconverted."""
     arr = _as_matrix(x, name)
     dtype = arr.dtype
     if dtype.kind == "b":
         return arr
     if dtype.kind not in "iuf" and not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"{name} must be binary (bool, or numbers equal to 0 or 1); got dtype {dtype}."
+            f"{name} must be binary (bool, or numbers equal to 0 or 1; -1 = unknown); got dtype "
+            f"{dtype}."
         )
     if dtype.kind not in "iuf":
-        arr = arr.astype(np.float32)  # bfloat16 & co.: 0 and 1 are exact.
+        arr = arr.astype(np.float32)  # bfloat16 & co.: 0, 1 and -1 are exact.
     for rows in _row_blocks(*arr.shape):
         block = arr[rows]
-        bad = (block != 0) & (block != 1)
+        bad = (block != 0) & (block != 1) & (block != -1)
         if bad.any():
             r, c = _first_bad(bad, rows.start)
             raise ValueError(
-                f"{name} must be binary (0 or 1, or bool); found {arr[r, c]} at [{r}, {c}]. "
-                "Partial labels (-1 = unknown) must be removed or masked before computing metrics."
+                f"{name} must be binary (0 or 1, or bool; -1 = unknown); found {arr[r, c]} at "
+                f"[{r}, {c}]."
             )
     return arr
+
+
+def _known_entries(labels: np.ndarray, where: Any) -> np.ndarray | None:
+    """The ``[N, K]`` mask of known entries (``where`` and labels != -1); None if all are known."""
+    known = None
+    if where is not None:
+        known = np.asarray(where)
+        if known.dtype != np.bool_:
+            raise TypeError(f"where must be a boolean [N, K] mask; got dtype {known.dtype}.")
+        if known.shape != labels.shape:
+            raise ValueError(
+                f"where must have the shape of labels {labels.shape}; got {known.shape}."
+            )
+    if labels.dtype.kind != "b":
+        unknown = labels == -1
+        if unknown.any():
+            known = ~unknown if known is None else known & ~unknown
+    return None if known is None or known.all() else known
 
 
 def _check_same_shape(scores: np.ndarray, labels: np.ndarray, scores_name: str) -> None:
@@ -251,7 +270,11 @@ def _per_class_ap(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def average_precision(
-    scores: Any, labels: Any, *, no_positives: NoPositivesPolicy = "ignore"
+    scores: Any,
+    labels: Any,
+    *,
+    where: Any = None,
+    no_positives: NoPositivesPolicy = "ignore",
 ) -> np.ndarray:
     r"""Per-class (non-interpolated) average precision of a multi-label prediction.
 
@@ -268,13 +291,22 @@ def average_precision(
     40k x 80, takes a fraction of a second; Open-Images size, 125k x 9,605, is limited by sorting
     1.2e9 numbers, in column blocks of bounded memory).
 
+    **Partial labels** (Open Images: a label is positive, negative or unknown): an unknown entry
+    (``where`` False, or label -1) is left out of its class's ranking, so :math:`\mathrm{AP}_k`
+    is the AP over the known entries of class :math:`k` (scikit-learn on those entries). It is
+    done by giving unknown entries the score :math:`-\infty` and a negative label: they then
+    rank below every known entry and are never counted in a precision.
+
     Args:
       scores: ``[N, K]`` real scores (probabilities or logits: only their order matters), NumPy or
         JAX, finite.
-      labels: ``[N, K]`` binary labels (bool, or numbers equal to 0 or 1), same shape.
-      no_positives: what to do with a class that has no positive label: ``"ignore"`` (default)
-        reports NaN for it, ``"zero"`` reports 0, ``"raise"`` raises. See the module docstring
-        for why ``"ignore"`` is the default and what ASL's code and scikit-learn do.
+      labels: ``[N, K]`` binary labels (bool, or numbers equal to 0 or 1), same shape; -1 marks
+        an unknown label.
+      where: optional boolean ``[N, K]`` mask, True where the label is known (combined with the
+        -1 labels). Unknown entries are left out of their class's AP.
+      no_positives: what to do with a class that has no (known) positive label: ``"ignore"``
+        (default) reports NaN for it, ``"zero"`` reports 0, ``"raise"`` raises. See the module
+        docstring for why ``"ignore"`` is the default and what ASL's code and scikit-learn do.
 
     Returns:
       float64 array of shape ``[K]`` with the AP of every class, in :math:`[0, 1]` (NaN for the
@@ -303,6 +335,12 @@ def average_precision(
     scores = _check_scores(scores, "scores")
     labels = _check_labels(labels)
     _check_same_shape(scores, labels, "scores")
+    known = _known_entries(labels, where)
+    if known is not None:
+        if scores.dtype.kind in "iu":
+            scores = scores.astype(np.float64)
+        scores = np.where(known, scores, -np.inf)
+        labels = known & (labels == 1)
     ap = _per_class_ap(scores, labels)
     empty = np.flatnonzero(np.isnan(ap))
     if empty.size:
@@ -318,7 +356,11 @@ def average_precision(
 
 
 def mean_average_precision(
-    scores: Any, labels: Any, *, no_positives: NoPositivesPolicy = "ignore"
+    scores: Any,
+    labels: Any,
+    *,
+    where: Any = None,
+    no_positives: NoPositivesPolicy = "ignore",
 ) -> float:
     r"""Mean average precision (mAP) over classes, as a fraction in :math:`[0, 1]`.
 
@@ -331,7 +373,8 @@ def mean_average_precision(
 
     Args:
       scores: ``[N, K]`` real scores, NumPy or JAX, finite.
-      labels: ``[N, K]`` binary labels, same shape.
+      labels: ``[N, K]`` binary labels, same shape (-1 = unknown).
+      where: optional boolean ``[N, K]`` mask of the known labels; see :func:`average_precision`.
       no_positives: ``"ignore"`` (default), ``"zero"`` or ``"raise"``; see
         :func:`average_precision`.
 
@@ -356,7 +399,7 @@ def mean_average_precision(
       Ridnik et al., `Asymmetric Loss For Multi-Label Classification
       <https://arxiv.org/abs/2009.14119>`_, ICCV 2021.
     """
-    ap = average_precision(scores, labels, no_positives=no_positives)
+    ap = average_precision(scores, labels, where=where, no_positives=no_positives)
     counted = ap[~np.isnan(ap)]
     if counted.size == 0:
         raise ValueError(
@@ -404,7 +447,12 @@ def _f1(precision: float, recall: float) -> float:
 
 
 def threshold_metrics(
-    probs: Any, labels: Any, *, threshold: float = 0.5, top_k: int | None = None
+    probs: Any,
+    labels: Any,
+    *,
+    threshold: float = 0.5,
+    top_k: int | None = None,
+    where: Any = None,
 ) -> dict[str, float]:
     r"""Per-class and overall precision, recall and F1 at a threshold (the ML-GCN convention).
 
@@ -430,6 +478,9 @@ def threshold_metrics(
     predictions; we do not (OP is exactly pooled precision). On benchmark splits, where every
     class has labels and predictions, both agree.
 
+    Partial labels: an unknown entry (``where`` False, or label -1) is neither a prediction nor a
+    label, so it enters none of the counts; with ``top_k`` it is not ranked either.
+
     ``top_k=k``: as ML-GCN's ``overall_topk``, a label must be among the k highest scores of its
     example **and** reach the threshold; pass ``threshold=0.0`` for the pure top-k ranking. Ties
     at the k-th score are broken towards the lower class index, so exactly k classes are ranked
@@ -439,9 +490,11 @@ def threshold_metrics(
       probs: ``[N, K]`` probabilities in :math:`[0, 1]` (apply a sigmoid to logits first),
         NumPy or JAX. Compared with ``threshold`` in their own floating dtype (float32 for half
         precision), as PyTorch and NumPy compare an array with a Python scalar.
-      labels: ``[N, K]`` binary labels (bool, or numbers equal to 0 or 1), same shape.
+      labels: ``[N, K]`` binary labels (bool, or numbers equal to 0 or 1), same shape; -1 marks
+        an unknown label.
       threshold: decision threshold, a real number (default 0.5).
       top_k: ``None`` (default) or an integer in ``[1, K]``.
+      where: optional boolean ``[N, K]`` mask, True where the label is known.
 
     Returns:
       ``{"cp", "cr", "cf1", "op", "or", "of1"}`` (:data:`THRESHOLD_METRICS`) as Python floats in
@@ -476,6 +529,7 @@ def threshold_metrics(
     probs = _check_scores(probs, "probs")
     labels = _check_labels(labels)
     _check_same_shape(probs, labels, "probs")
+    known = _known_entries(labels, where)
     n, num_classes = probs.shape
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
@@ -500,8 +554,12 @@ def threshold_metrics(
     positive = np.zeros(num_classes, dtype=np.int64)  # N^g_k
     for rows in _row_blocks(n, num_classes):
         p = probs[rows]
-        y = labels[rows] != 0
+        y = labels[rows] == 1
         pred = p >= thr
+        if known is not None:
+            y &= known[rows]
+            pred &= known[rows]
+            p = np.where(known[rows], p, -np.inf)  # not ranked by top_k
         if top_k is not None and top_k < num_classes:
             pred &= _top_k_mask(p, top_k)
         correct += np.count_nonzero(pred & y, axis=0)

@@ -419,7 +419,7 @@ _ERRORS_SCORES_LABELS = [
     (np.zeros((0, 3)), np.zeros((0, 3)), ValueError, "at least one example"),
     (np.zeros((4, 0)), np.zeros((4, 0)), ValueError, "at least one example and one class"),
     (_S, np.where(_Y == 1, 2, 0), ValueError, r"labels must be binary .* 2 at \[0, 0\]"),
-    (_S, np.where(_Y == 1, -1, 0), ValueError, r"-1 at \[0, 0\].*Partial labels"),
+    (_S, np.where(_Y == 1, -2, 0), ValueError, r"labels must be binary .*-1 = unknown.* -2 at"),
     (_S, np.full((4, 3), 0.5), ValueError, "labels must be binary"),
     (_S, np.full((4, 3), np.nan), ValueError, "labels must be binary"),
     (_S, np.full((4, 3), "1"), TypeError, "labels must be binary .* dtype <U1"),
@@ -444,6 +444,19 @@ _ERRORS_SCORES_LABELS = [
 def test_input_errors(fn, name, scores, labels, error, match):
     with pytest.raises(error, match=match.replace("scores", name)):
         fn(scores, labels)
+
+
+@pytest.mark.parametrize(
+    ("where", "error", "match"),
+    [
+        (np.ones((4, 3)), TypeError, "where must be a boolean .* float64"),
+        (np.ones((3, 3), dtype=bool), ValueError, r"where must have the shape of labels \(4, 3\)"),
+    ],
+)
+@pytest.mark.parametrize("fn", [average_precision, mean_average_precision, threshold_metrics])
+def test_bad_where_mask(fn, where, error, match):
+    with pytest.raises(error, match=match):
+        fn(_S, _Y, where=where)
 
 
 def test_non_finite_score_in_a_later_block_is_located(monkeypatch):
@@ -509,3 +522,99 @@ def test_docstring_examples():
         result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Partial labels: unknown entries (where=False, or label -1) are left out of every metric.
+
+
+def _partial_problem(seed, n=300, k=6, unknown_rate=0.3, decimals=None):
+    scores, labels = _random_problem(seed, n=n, k=k, decimals=decimals)
+    known = np.random.default_rng(seed + 100).random((n, k)) >= unknown_rate
+    known[labels.argmax(0), np.arange(k)] = True  # every class keeps a known positive
+    return scores, labels, known
+
+
+def _sklearn_known(scores, labels, known):
+    return np.array(
+        [
+            average_precision_score(labels[known[:, c], c], scores[known[:, c], c])
+            for c in range(labels.shape[1])
+        ]
+    )
+
+
+@pytest.mark.parametrize("as_minus_one", [False, True], ids=["where", "label-1"])
+@pytest.mark.parametrize(("seed", "decimals"), [(0, None), (1, None), (2, 1)])
+def test_ap_of_partial_labels_is_sklearn_on_the_known_entries(seed, decimals, as_minus_one):
+    scores, labels, known = _partial_problem(seed, decimals=decimals)
+    expected = _sklearn_known(scores, labels, known)
+    if as_minus_one:
+        got = average_precision(scores, np.where(known, labels, -1))
+        got_map = mean_average_precision(scores, np.where(known, labels, -1))
+    else:
+        got = average_precision(scores, labels, where=known)
+        got_map = mean_average_precision(scores, labels, where=known)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert got_map == pytest.approx(np.mean(expected), rel=1e-12)
+    # Masking changes the result: the test would notice a mask that is ignored.
+    assert not np.allclose(average_precision(scores, labels), expected)
+
+
+def test_ap_of_partial_labels_with_integer_scores():
+    scores, labels, known = _partial_problem(3)
+    ranks = np.argsort(np.argsort(scores, axis=0), axis=0).astype(np.int32)
+    np.testing.assert_allclose(
+        average_precision(ranks, labels, where=known), _sklearn_known(ranks, labels, known)
+    )
+
+
+def test_a_class_without_known_positives_follows_the_policy():
+    scores, labels, known = _partial_problem(4)
+    known[labels[:, 2] == 1, 2] = False
+    assert np.isnan(average_precision(scores, labels, where=known)[2])
+    assert average_precision(scores, labels, where=known, no_positives="zero")[2] == 0.0
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\]"):
+        average_precision(scores, labels, where=known, no_positives="raise")
+
+
+def _sklearn_threshold_metrics(probs, labels, known, threshold):
+    from sklearn.metrics import precision_score, recall_score
+
+    pred = probs >= threshold
+    cols = range(labels.shape[1])
+    kw = {"zero_division": 0}
+    cp = np.mean(
+        [precision_score(labels[known[:, c], c], pred[known[:, c], c], **kw) for c in cols]
+    )
+    cr = np.mean([recall_score(labels[known[:, c], c], pred[known[:, c], c], **kw) for c in cols])
+    op = precision_score(labels[known], pred[known], **kw)
+    or_ = recall_score(labels[known], pred[known], **kw)
+
+    def f1(p, r):
+        return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+    return dict(zip(METRIC_KEYS, (cp, cr, f1(cp, cr), op, or_, f1(op, or_)), strict=True))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("as_minus_one", [False, True], ids=["where", "label-1"])
+def test_threshold_metrics_of_partial_labels_match_sklearn(threshold, as_minus_one):
+    scores, labels, known = _partial_problem(5)
+    probs = scores / scores.max()
+    if as_minus_one:
+        got = threshold_metrics(probs, np.where(known, labels, -1), threshold=threshold)
+    else:
+        got = threshold_metrics(probs, labels, threshold=threshold, where=known)
+    expected = _sklearn_threshold_metrics(probs, labels, known, threshold)
+    for key in METRIC_KEYS:
+        assert got[key] == pytest.approx(expected[key], rel=1e-12), key
+
+
+def test_top_k_ranks_only_known_entries():
+    probs = np.array([[0.9, 0.8, 0.1]])
+    labels = np.array([[0, 1, 0]])
+    known = np.array([[False, True, True]])
+    # Class 0 would take the only top-1 slot; unknown, it leaves it to class 1.
+    assert threshold_metrics(probs, labels, top_k=1, threshold=0.0)["or"] == 0.0
+    assert threshold_metrics(probs, labels, top_k=1, threshold=0.0, where=known)["or"] == 1.0

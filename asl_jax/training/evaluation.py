@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from asl_jax.data import DataSource
-from asl_jax.metrics import average_precision, mean_average_precision, threshold_metrics
+from asl_jax.metrics import average_precision, threshold_metrics
 from asl_jax.training import parallel
 
 #: The two models a state holds, and the suffix of their metric names.
@@ -79,33 +79,21 @@ def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
       float64 [K].
     """
     known = labels >= 0
-    if known.all():
-        return average_precision(probs, labels)
-    ap = np.full(labels.shape[1], np.nan)
-    for k in range(labels.shape[1]):
-        rows = known[:, k]
-        if rows.any():
-            ap[k] = average_precision(probs[rows, k : k + 1], labels[rows, k : k + 1])[0]
-    return ap
+    return average_precision(probs, np.where(known, labels, 0), where=known)
 
 
 def metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) -> dict[str, float]:
     """``map``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` (fractions) over known labels.
 
-    ``map`` is NaN when no class has a known positive. A probability and a label of 0 put where
-    the label is unknown make that element neither a true nor a false positive nor a miss.
+    ``map`` is NaN when no class has a known positive. An unknown label (``labels < 0``) is
+    neither a prediction nor a label of any metric.
     """
     known = labels >= 0
-    if known.all():
-        m_ap = float(mean_average_precision(probs, labels))
-    else:
-        ap = per_class_ap(probs, labels)
-        m_ap = float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
-    result = {"map": m_ap}
-    thr = threshold_metrics(
-        np.where(known, probs, 0.0), np.where(known, labels, 0.0), threshold=threshold
-    )
-    result.update(thr)
+    targets = np.where(known, labels, 0)
+    ap = average_precision(probs, targets, where=known)
+    scored = ap[~np.isnan(ap)]
+    result = {"map": float(np.mean(scored, dtype=np.float64)) if scored.size else float("nan")}
+    result.update(threshold_metrics(probs, targets, threshold=threshold, where=known))
     return result
 
 

@@ -4,7 +4,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-tfds = pytest.importorskip("tensorflow_datasets")
+tfds = pytest.importorskip(
+    "tensorflow_datasets", reason="the TFDS tests need the tfds extra: pip install -e '.[tfds]'"
+)
 
 import asl_jax.data as data  # noqa: E402
 from asl_jax.data import tfds as tfds_source  # noqa: E402

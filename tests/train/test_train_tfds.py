@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-tfds = pytest.importorskip("tensorflow_datasets")
+tfds = pytest.importorskip(
+    "tensorflow_datasets", reason="the TFDS tests need the tfds extra: pip install -e '.[tfds]'"
+)
 
 from asl_jax.training.loop import train_and_evaluate  # noqa: E402
 from train.configs import coco, voc  # noqa: E402

@@ -48,3 +48,12 @@ def test_unknown_labels_are_neither_hits_nor_misses():
 def test_eval_batch_size(eval_size, train_size, expected):
     config = ml_collections.ConfigDict({"eval_batch_size": eval_size, "batch_size": train_size})
     assert eval_batch_size(config) == expected
+
+
+def test_unknown_labels_are_not_predictions_even_at_threshold_zero():
+    probs, labels = _data(3)
+    partial = labels.copy()
+    partial[:, 4] = -1
+    result = metrics(probs, partial, threshold=0.0)
+    expected = threshold_metrics(probs[:, :4], labels[:, :4], threshold=0.0)
+    assert result["op"] == pytest.approx(expected["op"])
