@@ -61,6 +61,7 @@ __all__ = [
     "average_precision",
     "mean_average_precision",
     "threshold_metrics",
+    "tune_thresholds",
 ]
 
 #: The keys of :func:`threshold_metrics`, in the order papers print them.
@@ -434,6 +435,28 @@ def _real_scalar(value: Any, name: str) -> float:
     return float(value)
 
 
+def _check_threshold(threshold: Any, num_classes: int) -> float | np.ndarray:
+    """A real scalar, or a ``[K]`` array of real numbers (one threshold per class); no NaN."""
+    if np.ndim(threshold) == 1:
+        values = np.asarray(threshold)
+        if not (values.dtype.kind in "iuf" or jnp.issubdtype(values.dtype, jnp.floating)):
+            raise TypeError(f"threshold must be real; got dtype {values.dtype}.")
+        if values.shape != (num_classes,):
+            raise ValueError(
+                f"threshold must be a number or one per class, shape ({num_classes},); got shape "
+                f"{values.shape}."
+            )
+        values = values.astype(np.float64)
+        if np.isnan(values).any():
+            bad = _format_indices(np.flatnonzero(np.isnan(values)))
+            raise ValueError(f"threshold must not be NaN; it is for class(es) {bad}.")
+        return values
+    value = _real_scalar(threshold, "threshold")
+    if np.isnan(value):
+        raise ValueError("threshold must not be NaN.")
+    return value
+
+
 def _safe_ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """num / den in float64, 0 where den == 0."""
     num = np.asarray(num, dtype=np.float64)
@@ -492,7 +515,8 @@ def threshold_metrics(
         precision), as PyTorch and NumPy compare an array with a Python scalar.
       labels: ``[N, K]`` binary labels (bool, or numbers equal to 0 or 1), same shape; -1 marks
         an unknown label.
-      threshold: decision threshold, a real number (default 0.5).
+      threshold: decision threshold, a real number (default 0.5), or one per class (a ``[K]``
+        array, e.g. from :func:`tune_thresholds`).
       top_k: ``None`` (default) or an integer in ``[1, K]``.
       where: optional boolean ``[N, K]`` mask, True where the label is known.
 
@@ -523,14 +547,12 @@ def threshold_metrics(
       Ridnik et al., `Asymmetric Loss For Multi-Label Classification
       <https://arxiv.org/abs/2009.14119>`_, ICCV 2021.
     """
-    threshold = _real_scalar(threshold, "threshold")
-    if np.isnan(threshold):
-        raise ValueError("threshold must not be NaN.")
     probs = _check_scores(probs, "probs")
     labels = _check_labels(labels)
     _check_same_shape(probs, labels, "probs")
     known = _known_entries(labels, where)
     n, num_classes = probs.shape
+    threshold = _check_threshold(threshold, num_classes)
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral):
             raise TypeError(f"top_k must be None or an integer; got {top_k!r}.")
@@ -547,7 +569,7 @@ def threshold_metrics(
             f"probs must be probabilities in [0, 1]; got values in [{lo}, {hi}]. Apply a sigmoid "
             "to logits (jax.nn.sigmoid) first."
         )
-    thr = probs.dtype.type(threshold)
+    thr = np.asarray(threshold).astype(probs.dtype)  # one per class broadcasts over columns
 
     correct = np.zeros(num_classes, dtype=np.int64)  # N^c_k
     predicted = np.zeros(num_classes, dtype=np.int64)  # N^p_k
@@ -572,3 +594,69 @@ def threshold_metrics(
     or_ = float(_safe_ratio(correct.sum(), positive.sum()))
     values = (cp, cr, _f1(cp, cr), op, or_, _f1(op, or_))
     return dict(zip(THRESHOLD_METRICS, values, strict=True))
+
+
+def tune_thresholds(
+    probs: Any, labels: Any, *, where: Any = None, default: float = 0.5
+) -> np.ndarray:
+    r"""Per class, the threshold that maximises that class's F1 on the given data.
+
+    For class :math:`k` the candidates are its distinct (known) probabilities :math:`t`, with
+    example :math:`i` predicted positive iff :math:`p_{ik} \ge t` (as in
+    :func:`threshold_metrics`), and
+
+    .. math::
+        \mathrm{F1}_k(t) = \frac{2\,\mathrm{TP}_k(t)}{\mathrm{TP}_k(t) + \mathrm{FP}_k(t)
+        + |\mathcal{P}_k|}
+
+    Ties go to the lower threshold (more recall for the same F1). A class without a known
+    positive label gets ``default``: its F1 is 0 at every threshold, so nothing can be tuned.
+
+    Thresholds tuned on a split make the threshold metrics of that same split optimistic: tune
+    on one split and report on another.
+
+    Args:
+      probs: ``[N, K]`` probabilities in :math:`[0, 1]`, NumPy or JAX.
+      labels: ``[N, K]`` binary labels, same shape (-1 = unknown).
+      where: optional boolean ``[N, K]`` mask, True where the label is known; unknown entries are
+        left out.
+      default: the threshold of classes without known positives.
+
+    Returns:
+      float64 array ``[K]`` of thresholds, usable as ``threshold_metrics(..., threshold=...)``.
+
+    Examples:
+      >>> import numpy as np
+      >>> from asl_jax.metrics import tune_thresholds
+      >>> probs = np.array([[0.9, 0.2], [0.4, 0.3], [0.35, 0.1], [0.1, 0.6]])
+      >>> labels = np.array([[1, 0], [1, 0], [0, 0], [0, 1]])
+      >>> tune_thresholds(probs, labels)  # class 0: t = 0.4 catches both positives, F1 = 1
+      array([0.4, 0.6])
+    """
+    default = _real_scalar(default, "default")
+    probs = _check_scores(probs, "probs")
+    labels = _check_labels(labels)
+    _check_same_shape(probs, labels, "probs")
+    known = _known_entries(labels, where)
+    if known is None:
+        known = np.ones(labels.shape, dtype=bool)
+    thresholds = np.full(labels.shape[1], default, dtype=np.float64)
+    for k in range(labels.shape[1]):
+        scores = probs[known[:, k], k].astype(np.float64)
+        positive = labels[known[:, k], k] == 1
+        if positive.any():
+            thresholds[k] = _best_f1_threshold(scores, positive)
+    return thresholds
+
+
+def _best_f1_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The lowest of the distinct ``scores`` at which F1 (predict ``s >= t``) is largest."""
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    true_pos = np.cumsum(positive)
+    # The last index of each run of equal scores: a tie group is predicted all at once.
+    ends = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
+    predicted = ends + 1
+    f1 = 2 * true_pos[ends] / (predicted + positive.sum())
+    best = np.flatnonzero(f1 == f1.max())[-1]  # descending scores: the last is the lowest
+    return float(scores[ends[best]])

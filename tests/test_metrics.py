@@ -10,7 +10,12 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from asl_jax import metrics
-from asl_jax.metrics import average_precision, mean_average_precision, threshold_metrics
+from asl_jax.metrics import (
+    average_precision,
+    mean_average_precision,
+    threshold_metrics,
+    tune_thresholds,
+)
 
 METRIC_KEYS = ("cp", "cr", "cf1", "op", "or", "of1")
 
@@ -495,7 +500,7 @@ def test_threshold_metrics_rejects_non_probabilities(probs, match):
         ({"threshold": True}, TypeError, "threshold must be a real number"),
         ({"threshold": None}, TypeError, "threshold must be a real number"),
         ({"threshold": np.bool_(True)}, TypeError, "threshold must be a real number"),
-        ({"threshold": np.array([0.5])}, TypeError, "threshold must be a real number"),
+        ({"threshold": np.array([0.5])}, ValueError, r"one per class, shape \(3,\)"),
         ({"threshold": jnp.array(0.5 + 1j)}, TypeError, "threshold must be a real number"),
         ({"top_k": 0}, ValueError, r"top_k must be in \[1, K\] = \[1, 3\]"),
         ({"top_k": 4}, ValueError, r"top_k must be in \[1, K\]"),
@@ -618,3 +623,73 @@ def test_top_k_ranks_only_known_entries():
     # Class 0 would take the only top-1 slot; unknown, it leaves it to class 1.
     assert threshold_metrics(probs, labels, top_k=1, threshold=0.0)["or"] == 0.0
     assert threshold_metrics(probs, labels, top_k=1, threshold=0.0, where=known)["or"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-class thresholds: threshold_metrics with a [K] threshold, tune_thresholds.
+
+
+def test_one_threshold_per_class_is_each_column_at_its_threshold():
+    scores, labels = _random_problem(6)
+    probs = scores / scores.max()
+    per_class = np.linspace(0.2, 0.8, probs.shape[1])
+    pred = probs >= per_class
+    got = threshold_metrics(probs, labels, threshold=per_class)
+    # Thresholding each column at its own value = predictions `pred` at a global 0.5.
+    assert got == threshold_metrics(pred.astype(np.float64), labels, threshold=0.5)
+    assert got != threshold_metrics(probs, labels, threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "error", "match"),
+    [
+        (np.full(2, 0.5), ValueError, r"one per class, shape \(3,\); got shape \(2,\)"),
+        (np.array([0.5, np.nan, 0.5]), ValueError, r"NaN; it is for class\(es\) \[1\]"),
+        (np.array(["a", "b", "c"]), TypeError, "threshold must be real"),
+    ],
+)
+def test_bad_per_class_threshold(threshold, error, match):
+    with pytest.raises(error, match=match):
+        threshold_metrics(_S, _Y, threshold=threshold)
+
+
+def _brute_force_thresholds(probs, labels, known, default):
+    from sklearn.metrics import f1_score
+
+    out = []
+    for k in range(labels.shape[1]):
+        p, y = probs[known[:, k], k], labels[known[:, k], k]
+        if not y.any():
+            out.append(default)
+            continue
+        candidates = np.unique(p)  # ascending: max() keeps the first, the lowest, of equal F1s
+        f1 = [f1_score(y, p >= t) for t in candidates]
+        out.append(candidates[int(np.argmax(f1))])
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("seed", "decimals"), [(0, None), (1, 1), (2, 2)])
+def test_tuned_thresholds_maximise_each_class_f1(seed, decimals):
+    scores, labels, known = _partial_problem(seed, n=120, decimals=decimals)
+    probs = scores / scores.max()
+    got = tune_thresholds(probs, labels, where=known)
+    np.testing.assert_array_equal(got, _brute_force_thresholds(probs, labels, known, 0.5))
+    everything = np.ones_like(known)
+    np.testing.assert_array_equal(
+        tune_thresholds(probs, labels), _brute_force_thresholds(probs, labels, everything, 0.5)
+    )
+    tuned = threshold_metrics(probs, labels, threshold=tune_thresholds(probs, labels))
+    assert tuned["cf1"] >= threshold_metrics(probs, labels)["cf1"]
+
+
+def test_tuned_threshold_ties_go_to_the_lower_threshold():
+    # F1 = 2/3 at t = 0.9 (1 of 2 positives, no false positive) and at t = 0.6 (both, two false).
+    probs = np.array([[0.9], [0.8], [0.7], [0.6]])
+    labels = np.array([[1], [0], [0], [1]])
+    assert tune_thresholds(probs, labels)[0] == 0.6
+
+
+def test_a_class_without_known_positives_keeps_the_default_threshold():
+    probs = np.array([[0.9, 0.2], [0.4, 0.3]])
+    labels = np.array([[1, 0], [0, -1]])
+    np.testing.assert_array_equal(tune_thresholds(probs, labels, default=0.3), [0.9, 0.3])
