@@ -1,8 +1,9 @@
-"""The workdir's JSON files: ``config.json``, ``metrics.jsonl`` and ``summary.json``.
+"""The workdir's records: ``config.json``, ``metrics.jsonl``, ``summary.json`` and TensorBoard.
 
 Only process 0 writes (``enabled=False`` elsewhere). ``metrics.jsonl`` holds one JSON object per
 line: train records (``"kind": "train"``) every ``log_every`` steps and evaluation records
-(``"kind": "eval"``); values are plain floats, non-finite values are written as ``null``.
+(``"kind": "eval"``); values are plain floats, non-finite values are written as ``null``. The
+same records can also go to TensorBoard event files in the workdir (:class:`TensorBoardLog`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,52 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
+class TensorBoardLog:
+    """TensorBoard event files of the records, written with tensorboardX (no TensorFlow).
+
+    Every numeric field of a record becomes a scalar ``<kind>/<field>`` at the record's step
+    (``train/loss``, ``train/gamma_neg``, ``eval/map``, ``eval/map_ema``, ...), so the event files
+    show exactly what ``metrics.jsonl`` holds. ``tensorboard --logdir runs/`` lists every run.
+
+    Args:
+      logdir: where the event files go (the run's workdir).
+      purge_step: on resume, the first step after the restored checkpoint: TensorBoard hides
+        what the interrupted run wrote from that step on, as ``metrics.jsonl`` drops it.
+      text: shown under TensorBoard's Text tab as ``config`` (e.g. the run's config).
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], *, purge_step: int | None, text: str = ""):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "TensorBoard logging needs tensorboardX (pip install -e '.[train]'); or turn it "
+                "off with --config.tensorboard=False."
+            ) from e
+        # The suffix keeps a resumed session's file apart from (and sorted after) the earlier
+        # ones even within the same second: the file name otherwise has a 1-s timestamp.
+        self._writer = SummaryWriter(
+            os.fspath(logdir),
+            purge_step=purge_step,
+            flush_secs=30,
+            filename_suffix=f".from{purge_step or 0:010d}",
+        )
+        if text and purge_step is None:
+            # Markdown: indented by four spaces, the config keeps its layout.
+            self._writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        kind, step = record.get("kind", "record"), int(record["step"])
+        for key, value in record.items():
+            if key in ("kind", "step") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._writer.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class MetricsLog:
     """Append-only ``metrics.jsonl`` that stays consistent across resumes.
 
@@ -70,6 +117,8 @@ class MetricsLog:
         checkpoint by the interrupted run) are dropped so the file describes exactly one run.
         None starts a new file.
       enabled: False on processes other than 0 (records are kept in memory only).
+      tensorboard: also write every record to TensorBoard event files in the file's directory.
+      tensorboard_text: the text shown with them (the run's config).
     """
 
     def __init__(
@@ -78,9 +127,18 @@ class MetricsLog:
         *,
         keep_until_step: int | None = None,
         enabled: bool = True,
+        tensorboard: bool = False,
+        tensorboard_text: str = "",
     ):
         self.path = os.fspath(path)
         self.enabled = enabled
+        self.tensorboard = None
+        if enabled and tensorboard:
+            self.tensorboard = TensorBoardLog(
+                os.path.dirname(os.path.abspath(self.path)),
+                purge_step=None if keep_until_step is None else keep_until_step + 1,
+                text=tensorboard_text,
+            )
         if keep_until_step is None:
             self.records: list[dict[str, Any]] = []
         else:
@@ -98,6 +156,14 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard files (metrics.jsonl is closed after each write)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
 
 def summarize(
