@@ -11,24 +11,27 @@ Several hosts (run on every host; process 0's coordinator at HOST:PORT):
 
 Interrupting (Ctrl-C, SIGTERM) saves a checkpoint at the next step and exits with 128 + the
 signal number (130 / 143); rerunning the same command resumes. Exit status 1: the run failed
-(invalid config, refused workdir, non-finite training); the message says why.
+(invalid config, refused workdir, non-finite training); 2: the command line cannot be used
+(unknown flag or config key, malformed value). The one-line message says why.
 """
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from train import common
 
-_CONFIG = common.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where results and checkpoints go.")
-_DISTRIBUTED = common.define_distributed_flags()
+
+def _define_flags() -> None:
+    common.define_config_flag()
+    flags.DEFINE_string("workdir", "runs/default", "Where results and checkpoints go.")
+    common.define_distributed_flags()
 
 
 def main(argv: list[str]) -> int:
     common.no_positional_args(argv)
     common.quiet_logging()
-    _DISTRIBUTED.initialize()  # before anything touches a device
+    common.initialize_distributed()  # before anything touches a device
     import jax
 
     from asl_jax.training.config import ConfigError
@@ -40,7 +43,7 @@ def main(argv: list[str]) -> int:
     )
 
     try:
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ConfigError, WorkdirConfigError, NonFiniteError) as e:
         return common.error(str(e))
     if jax.process_index() == 0:
@@ -51,4 +54,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main, _define_flags)

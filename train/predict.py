@@ -226,7 +226,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from train import common
 
-    _define_flags()
-    app.run(main)
+    common.run(main, _define_flags)

@@ -35,7 +35,7 @@ import numpy as np
 
 from asl_jax.data import DataSource, create_source, steps_per_epoch
 from asl_jax.models import create_model
-from asl_jax.training import parallel
+from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.config import ConfigError, changed_result_fields, validate_config
 from asl_jax.training.evaluation import eval_batch_size, evaluate
@@ -269,7 +269,7 @@ def _epoch_batches(
 
 def _log(message: str) -> None:
     if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
+        progress.log(message)  # through the progress bar while it is open
 
 
 def train_and_evaluate(
@@ -327,7 +327,7 @@ class _Run:
     total_steps: int
     elapsed_before: float  # wall time of the earlier sessions of a resumed run
     last_saved: int | None
-    progress: Any = None
+    progress: progress.ProgressBar | None = None
     start_time: float = dataclasses.field(default_factory=time.time)
 
     @property
@@ -405,11 +405,7 @@ def _setup(
         last_saved=restored_step,
     )
     if is_main and config.progress_bar:
-        from tqdm.auto import tqdm
-
-        run.progress = tqdm(
-            total=total_steps, initial=run.step, desc="train", unit="step", leave=False
-        )
+        run.progress = progress.ProgressBar(total_steps, run.step, int(config.batch_size))
     return run
 
 
@@ -458,6 +454,8 @@ class _TrainRecords:
         ``nonfinite_limit`` non-finite steps, and returns that step (None when there is none)."""
         run = self.run
         fetched = jax.device_get([m for _, m in self.pending])
+        if run.progress is not None and self.pending:
+            run.progress.synced(self.pending[-1][0])  # the fetch waited for that step
         for (step, _), m in zip(self.pending, fetched, strict=True):
             self.num_skipped += int(m["skipped"])
             if itstime(step, int(run.config.log_every), run.total_steps):
@@ -477,7 +475,7 @@ class _TrainRecords:
         record["num_skipped"] = self.num_skipped
         run.log.write(record)
         if run.progress is not None:
-            run.progress.set_postfix(
+            run.progress.set_metrics(
                 loss=f"{record['loss']:.4g}", gamma_neg=f"{record['gamma_neg']:.3g}"
             )
 

@@ -222,13 +222,62 @@ def test_invalid_config_fails_before_training_with_the_field_named(tmp_path):
     assert run.returncode == 1
     assert "loss.name='nope': expected one of bce, focal, asl" in run.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
-    # Unknown fields are rejected by the flag parser itself.
+
+
+@pytest.mark.parametrize(
+    "module, args, expected",
+    [
+        # The config flag reads the overrides when it is defined (default config) ...
+        (
+            "train",
+            ["--config.data.img_size=64"],
+            "unknown config key data.img_size; did you mean data.image_size?",
+        ),
+        # ... or when absl parses --config (config file given).
+        (
+            "train",
+            ["--config=train/configs/default.py", "--config.loss.gama_neg=1"],
+            "unknown config key loss.gama_neg; did you mean loss.gamma_neg?",
+        ),
+        (
+            "train.compare",
+            ["--config.modle.width=3"],
+            "unknown config key modle.width; did you mean model.width?",
+        ),
+        ("train", ["--config.lr=1"], "unknown config key lr; the keys of config are augment, "),
+        ("train", ["--config=nope.py"], "--config=nope.py: no such file"),
+        (
+            "train",
+            ["--config.num_epochs=abc"],
+            "flag --config.num_epochs=abc: invalid literal for int()",
+        ),
+        ("train", ["--wrokdir=x"], "unknown flag --wrokdir; did you mean --workdir?"),
+        ("train", ["extra"], "unexpected arguments: extra"),
+        ("train.compare", ["--lossses=bce"], "unknown flag --lossses; did you mean --losses?"),
+        (
+            "train.evaluate",
+            ["--workdir=x", "--stepp=3"],
+            "unknown flag --stepp; did you mean --step?",
+        ),
+        (
+            "train.evaluate",
+            ["--workdir=x", "--zzz"],
+            "unknown flag --zzz; the flags of this command are --best, --ema, --output, ",
+        ),
+        ("train.evaluate", [], "flag --workdir=None: Flag --workdir must have a value"),
+        ("train.predict", ["--workdir=x", "--jsn"], "unknown flag --jsn; did you mean --json?"),
+    ],
+)
+def test_a_bad_command_line_gets_one_line_and_exit_status_2(module, args, expected, tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "train", "--config.loss.gama_neg=1", f"--workdir={tmp_path}"],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=_env(1),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
-    assert run.returncode != 0 and "gama_neg" in run.stderr
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(f"error: {expected}")
+    assert run.stderr.count("\n") == 1 and run.stderr.endswith("\n")
+    assert "Traceback" not in run.stderr and run.stdout == ""

@@ -1,8 +1,17 @@
-"""Tests of train.common: reading a run's class names."""
+"""Tests of train.common: reading a run's class names, checking the command line."""
 
 import pytest
 
-from train.common import RunError, read_class_names
+from train.common import (
+    RunError,
+    UsageError,
+    check_config_flag,
+    config_keys,
+    config_overrides,
+    did_you_mean,
+    read_class_names,
+)
+from train.configs.default import get_config
 
 
 def test_class_names_come_from_classes_txt(tmp_path):
@@ -13,3 +22,66 @@ def test_class_names_come_from_classes_txt(tmp_path):
 def test_a_directory_without_classes_txt_is_not_a_workdir(tmp_path):
     with pytest.raises(RunError, match=r"has no classes\.txt"):
         read_class_names(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--config.data.img_size=64", "--workdir=w"], (None, ["data.img_size"])),
+        (["train", "--config=c.py:x", "--noconfig.augment"], ("c.py:x", ["augment"])),
+        (["train", "--config", "c.py", "-config.seed=1"], ("c.py", ["seed"])),
+        (["train", "--", "--config.seed=1"], (None, [])),
+        (["train", "--configs.seed=1", "--config_x=1"], (None, [])),
+    ],
+)
+def test_config_overrides_are_read_from_the_command_line(argv, expected):
+    assert config_overrides(argv) == expected
+
+
+def test_config_keys_walk_the_config():
+    config = get_config()
+    keys = config_keys(config)
+    assert {"data", "data.image_size", "loss.gamma_neg", "batch_size"} <= set(keys)
+    # Every key resolves (_get), and every leaf of the config is listed.
+    leaves = {k for k in keys if not isinstance(_get(config, k), type(config))}
+    assert leaves == set(_leaves(config.to_dict()))
+
+
+def _get(config, key):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.img_size", "unknown config key data.img_size; did you mean data.image_size?"),
+        ("modle.width", "unknown config key modle.width; did you mean model.width?"),
+        ("data.zzz", "unknown config key data.zzz; the keys of data are data."),
+        ("zzz.a", "unknown config key zzz.a; the keys of config are augment, batch_size"),
+    ],
+)
+def test_an_unknown_config_key_names_the_closest_or_lists_the_group(override, message):
+    with pytest.raises(UsageError) as e:
+        check_config_flag(["train", "--config.seed=3", f"--config.{override}=1"])
+    assert str(e.value).startswith(message)
+
+
+def test_known_config_keys_and_a_missing_config_file():
+    check_config_flag(["train", "--config.data.image_size=32", "--config.loss.gamma_neg=2"])
+    with pytest.raises(UsageError, match=r"--config=nope\.py: no such file"):
+        check_config_flag(["train", "--config=nope.py"])
+
+
+def test_did_you_mean():
+    assert did_you_mean("stepp", ["step", "best"], prefix="--") == "did you mean --step?"
+    assert did_you_mean("zzz", ["step", "best"]) is None
