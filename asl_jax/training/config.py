@@ -29,7 +29,10 @@ from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
 FIELDS: dict[str, str] = {
     "name": "name of the configuration (reported in summary.json)",
     "seed": "seed of the initialisation, the data order and the augmentation",
-    "batch_size": "global batch size (all devices, all hosts)",
+    "batch_size": (
+        "global batch size (all devices, all hosts); lowered, with a warning, to fit a "
+        "smaller train split"
+    ),
     "eval_batch_size": "global evaluation batch size (0 = batch_size)",
     "num_epochs": "training epochs (used when num_steps is 0)",
     "num_steps": "training steps; when > 0 it wins over num_epochs",
@@ -41,7 +44,10 @@ FIELDS: dict[str, str] = {
     "grad_clip_norm": "clip gradients to this global norm (0 disables)",
     "ema_decay": "decay of the parameter EMA (with a (1+n)/(10+n) warm-up)",
     "log_every": "write a train record every this many steps",
-    "eval_every": "evaluate every this many steps (0 = only at the end; always at the end)",
+    "eval_every": (
+        "evaluate every this many steps (-1 = auto: at least 8 evaluations, every "
+        "total steps // 8; 0 = only at the end; always at the end)"
+    ),
     "checkpoint_every": "checkpoint every this many steps (0 = only at the end / on interrupt)",
     "max_checkpoints_to_keep": "number of recent checkpoints kept",
     "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
@@ -60,7 +66,9 @@ FIELDS: dict[str, str] = {
     "loss.adaptive_min_gamma_neg": "lower bound of the adaptive γ−",
     "loss.adaptive_max_gamma_neg": "upper bound of the adaptive γ−",
     "model.name": ", ".join(MODEL_NAMES),
-    "model.width": "channels of the first stage (0 = the model's default)",
+    "model.width": (
+        "channels of the first stage (0 = the model's default: 32 for cnn, 64 for the resnets)"
+    ),
     "model.dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
     **{f"data.{k}": "see asl_jax.data" for k in DATA_DEFAULTS},
     **{f"augment.{k}": "see asl_jax.data.augment" for k in AUGMENT_DEFAULTS},
@@ -154,6 +162,54 @@ def validate_config(config: Any, *, num_devices: int | None = None, process_coun
         validate_augment_config(config["augment"] if "augment" in config else {})
     except ValueError as e:
         raise ConfigError(str(e)) from e
+
+
+#: Evaluations a run makes at least when ``eval_every`` is -1 (auto): enough points for a curve.
+AUTO_EVALUATIONS = 8
+
+
+def eval_interval(eval_every: int, total_steps: int) -> int:
+    """Steps between two evaluations of a run of ``total_steps`` steps.
+
+    An explicit ``eval_every`` (>= 0; 0 = only at the end) is used as given. ``-1`` (auto) gives
+    ``total_steps // AUTO_EVALUATIONS`` (at least 1): at least :data:`AUTO_EVALUATIONS`
+    evaluations (every step in a shorter run), so that the mAP plot is a curve in short runs
+    too. The loop always evaluates after the last step as well.
+
+    Example:
+      >>> eval_interval(-1, 1024), eval_interval(-1, 5), eval_interval(100, 1024)
+      (128, 1, 100)
+    """
+    if eval_every >= 0:
+        return int(eval_every)
+    return max(1, int(total_steps) // AUTO_EVALUATIONS)
+
+
+def fit_batch_size(batch_size: int, num_examples: int, *, multiple: int = 1) -> int:
+    """The train batch size a run can use on a train split of ``num_examples`` examples.
+
+    ``batch_size`` when it fits; otherwise the largest multiple of ``multiple`` (the number of
+    devices the batch is split over) that is at most ``num_examples``, so that a small folder of
+    photos trains with the config's batch size instead of failing. The caller warns and records
+    the value it uses (``config.json``), which keeps a resumed run identical.
+
+    Raises:
+      ConfigError: the split has fewer examples than ``multiple``: no batch size fits.
+
+    Example:
+      >>> fit_batch_size(64, 1000), fit_batch_size(64, 48), fit_batch_size(64, 50, multiple=8)
+      (64, 48, 48)
+    """
+    if batch_size <= num_examples:
+        return batch_size
+    fitted = num_examples // multiple * multiple
+    if fitted == 0:
+        raise ConfigError(
+            f"batch_size={batch_size}: the train split has {num_examples} example(s), fewer than "
+            f"the {multiple} devices a batch is split over; add training images or run on at "
+            f"most {num_examples} device(s) (e.g. JAX_NUM_CPU_DEVICES, CUDA_VISIBLE_DEVICES)"
+        )
+    return fitted
 
 
 def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -254,7 +310,7 @@ def _check_run(
     if flat["num_steps"] == 0 and flat["num_epochs"] <= 0:
         raise _fail("num_epochs", flat["num_epochs"], "an integer >= 1 when num_steps is 0")
     check.integer("log_every", 1)
-    check.integer("eval_every", 0)
+    check.integer("eval_every", -1)
     check.integer("checkpoint_every", 0)
     check.integer("max_checkpoints_to_keep", 1)
     check.integer("max_consecutive_nonfinite", 1)

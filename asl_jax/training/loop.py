@@ -19,9 +19,11 @@ with :class:`NonFiniteError`, naming the step and the last good checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import sys
@@ -37,7 +39,13 @@ from asl_jax.data import DataSource, create_source, steps_per_epoch
 from asl_jax.models import create_model
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.training.config import ConfigError, changed_result_fields, validate_config
+from asl_jax.training.config import (
+    ConfigError,
+    changed_result_fields,
+    eval_interval,
+    fit_batch_size,
+    validate_config,
+)
 from asl_jax.training.evaluation import eval_batch_size, evaluate
 from asl_jax.training.optim import create_optimizer, create_schedule
 from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
@@ -359,6 +367,7 @@ def _setup(
             source = create_source(config.data, seed=int(config.seed))
         except ValueError as e:  # bad folder rows, TFDS dataset not prepared...
             raise ConfigError(f"data.name={config.data.name!r}: {e}") from e
+    config = _fit_batch_size(config, source, mesh)
     try:
         epoch_steps = steps_per_epoch(source, int(config.batch_size))
     except ValueError as e:
@@ -407,6 +416,27 @@ def _setup(
     if is_main and config.progress_bar:
         run.progress = progress.ProgressBar(total_steps, run.step, int(config.batch_size))
     return run
+
+
+def _fit_batch_size(config: Any, source: DataSource, mesh: jax.sharding.Mesh) -> Any:
+    """``config``, or a copy whose ``batch_size`` fits a smaller train split (with a warning).
+
+    The copy is what the run uses and writes to ``config.json``; a rerun with the same command
+    makes the same choice, so resuming is not refused. The caller's config is left as given.
+    """
+    num_train = source.num_examples("train")
+    multiple = math.lcm(mesh.size, jax.process_count())
+    fitted = fit_batch_size(int(config.batch_size), num_train, multiple=multiple)
+    if fitted == config.batch_size:
+        return config
+    _log(
+        f"warning: batch_size={config.batch_size} is larger than the train split of "
+        f"{source.name!r} ({num_train} examples); training with batch_size={fitted} "
+        f"(the largest multiple of the {multiple} device(s) that fits; recorded in config.json)."
+    )
+    config = copy.deepcopy(config)
+    config.batch_size = fitted
+    return config
 
 
 def _refuse_other_config(
@@ -528,6 +558,7 @@ def _interruption(stop: _StopFlag, by_request: bool) -> int | None:
 def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | None:
     """Steps until the end or an interruption; returns the interrupting signal (or None)."""
     config, total = run.config, run.total_steps
+    eval_every = eval_interval(int(config.eval_every), total)
     records = _TrainRecords(run)
     step = run.step
     interrupted: int | None = None
@@ -554,7 +585,7 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
             # Several hosts must stop at the same step: they agree at log boundaries.
             if jax.process_count() == 1 or at_log:
                 interrupted = _interruption(stop, stop_at_step is not None and step >= stop_at_step)
-            if itstime(step, int(config.eval_every), total):
+            if itstime(step, eval_every, total):
                 _check_finite(run, records)
                 _evaluate_and_log(run)
             if itstime(step, int(config.checkpoint_every), total):

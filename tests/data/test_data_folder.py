@@ -207,3 +207,53 @@ def test_quoted_labels_and_absolute_paths(tmp_path):
     src = FolderSource(_dataset(tmp_path, rows, GOOD_VAL), image_size=8)
     assert src.num_examples("train") == 6
     np.testing.assert_array_equal(src.labels("train")[5], src.labels("train")[1])
+
+
+def _small_folder_run_config(path):
+    """The folder config (batch_size 64) made tiny: a 4-channel CNN at 16 px, 4 steps."""
+    from train.configs.folder import get_config
+
+    config = get_config()
+    config.data.path = path
+    config.data.image_size = 16
+    config.model.name = "cnn"
+    config.model.width = 4
+    config.num_steps = 4
+    config.log_every = 1
+    config.progress_bar = False
+    return config
+
+
+def test_a_folder_smaller_than_the_batch_trains_with_a_fitted_batch(tmp_path, capsys):
+    import json
+
+    from asl_jax.training.loop import train_and_evaluate
+
+    path = _dataset(tmp_path, GOOD_TRAIN * 2, GOOD_VAL)  # 10 training rows < batch_size 64
+    config = _small_folder_run_config(path)
+    workdir = tmp_path / "run"
+    first = train_and_evaluate(config, workdir, stop_at_step=2, handle_signals=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    # 8 simulated devices: the largest multiple of 8 that fits 10 examples.
+    assert warnings == [
+        "warning: batch_size=64 is larger than the train split of 'folder' (10 examples); "
+        "training with batch_size=8 (the largest multiple of the 8 device(s) that fits; "
+        "recorded in config.json)."
+    ]
+    assert first.interrupted == 0 and config.batch_size == 64  # the caller's config is as given
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 8
+    # The same command resumes (the fitted value is chosen again, so the configs agree).
+    second = train_and_evaluate(config, workdir, handle_signals=False)
+    assert second.summary["status"] == "completed" and second.summary["step"] == 4
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 8
+    # eval_every=-1 (auto) on a 4-step run: an evaluation after every step.
+    assert [r["step"] for r in second.records if r["kind"] == "eval"] == [1, 2, 3, 4]
+
+
+def test_a_folder_with_fewer_images_than_devices_is_refused(tmp_path):
+    from asl_jax.training.config import ConfigError
+    from asl_jax.training.loop import train_and_evaluate
+
+    config = _small_folder_run_config(_dataset(tmp_path, GOOD_TRAIN, GOOD_VAL))  # 5 < 8 devices
+    with pytest.raises(ConfigError, match=r"5 example\(s\), fewer than the 8 devices"):
+        train_and_evaluate(config, tmp_path / "run", handle_signals=False)

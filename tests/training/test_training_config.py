@@ -6,14 +6,19 @@ import re
 import pytest
 
 from asl_jax.training.config import (
+    AUTO_EVALUATIONS,
     FIELDS,
     ConfigError,
     changed_result_fields,
+    eval_interval,
+    fit_batch_size,
     flatten,
     validate_config,
 )
+from asl_jax.training.loop import itstime
 
-CONFIG_MODULES = ["default", "coco", "voc", "folder"]
+CONFIG_MODULES = ["default", "coco", "voc", "folder", "folder_cpu"]
+FOLDER_MODULES = ("folder", "folder_cpu")  # they need a real data.path
 
 
 def _config(module="default"):
@@ -24,8 +29,25 @@ def _config(module="default"):
 def test_shipped_configs_define_exactly_the_known_fields(module):
     config = _config(module)
     assert set(flatten(config)) == set(FIELDS)
-    if module != "folder":  # folder needs a real data.path
+    if module not in FOLDER_MODULES:
         validate_config(config, num_devices=8)
+
+
+@pytest.mark.parametrize("module", FOLDER_MODULES)
+def test_folder_configs_pass_the_checks_with_a_data_path(module, tmp_path):
+    for name in ("train.csv", "val.csv"):
+        (tmp_path / name).write_text("image,labels\n")
+    config = _config(module)
+    config.data.path = str(tmp_path)
+    validate_config(config, num_devices=8)
+    assert config.data.name == "folder" and config.eval_every == -1
+
+
+def test_cpu_recipe_is_small():
+    """The CPU recipe is the small CNN at a small image size (minutes, not hours, on a CPU)."""
+    config = _config("folder_cpu")
+    assert (config.model.name, config.model.width) == ("cnn", 16)
+    assert config.data.image_size <= 96 and config.batch_size <= 32
 
 
 def _set(config, dotted, value):
@@ -59,6 +81,7 @@ def _set(config, dotted, value):
         ("ema_decay", 1.0, "ema_decay=1.0: expected a number in [0.0, 1.0)"),
         ("warmup_fraction", 1.5, "warmup_fraction=1.5"),
         ("log_every", 0, "log_every=0: expected an integer >= 1"),
+        ("eval_every", -2, "eval_every=-2: expected an integer >= -1"),
         ("threshold", 0.0, "threshold=0.0"),
         ("max_consecutive_nonfinite", 0, "max_consecutive_nonfinite=0"),
         ("progress_bar", 1, "progress_bar=1: expected True or False"),
@@ -127,3 +150,56 @@ def test_changed_result_fields_ignores_operational_fields():
         "loss.gamma_neg: 4.0 -> 2.0",
         "num_steps: 0 -> 100",
     ]
+
+
+def _evaluated_steps(eval_every, total):
+    every = eval_interval(eval_every, total)
+    return [step for step in range(1, total + 1) if itstime(step, every, total)]
+
+
+@pytest.mark.parametrize("total", [1, 3, 8, 10, 100, 256, 1024, 1030, 30000])
+def test_auto_eval_cadence_gives_a_curve(total):
+    steps = _evaluated_steps(-1, total)
+    assert len(steps) >= min(total, AUTO_EVALUATIONS)
+    assert steps[-1] == total
+    # Not much more than asked: evaluations cost time.
+    assert len(steps) <= AUTO_EVALUATIONS + 1 or total < 2 * AUTO_EVALUATIONS
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "total", "expected"),
+    [
+        (0, 1024, [1024]),  # 0 = only at the end
+        (256, 1024, [256, 512, 768, 1024]),  # an explicit value is honoured ...
+        (256, 256, [256]),  # ... even when it gives one evaluation
+        (300, 1000, [300, 600, 900, 1000]),
+        (1, 3, [1, 2, 3]),
+        (-1, 1024, [128 * i for i in range(1, 9)]),
+        (-1, 5, [1, 2, 3, 4, 5]),
+    ],
+)
+def test_eval_steps(eval_every, total, expected):
+    assert _evaluated_steps(eval_every, total) == expected
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "num_examples", "multiple", "expected"),
+    [
+        (64, 1000, 1, 64),  # fits: unchanged
+        (64, 64, 8, 64),
+        (64, 48, 1, 48),  # the whole split
+        (64, 50, 8, 48),  # the largest multiple of the device count that fits
+        (64, 9, 8, 8),
+        (64, 1, 1, 1),
+    ],
+)
+def test_fit_batch_size(batch_size, num_examples, multiple, expected):
+    assert fit_batch_size(batch_size, num_examples, multiple=multiple) == expected
+
+
+def test_fit_batch_size_with_fewer_examples_than_devices():
+    with pytest.raises(
+        ConfigError,
+        match=r"batch_size=64: the train split has 5 example\(s\), fewer than the 8 devices",
+    ):
+        fit_batch_size(64, 5, multiple=8)

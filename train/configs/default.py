@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_decay = 0.99
 
     config.log_every = 20
-    config.eval_every = 256
+    config.eval_every = -1  # -1 = auto: at least 8 evaluations (every total steps // 8)
     config.checkpoint_every = 256
     config.max_checkpoints_to_keep = 2
     config.max_consecutive_nonfinite = 20
