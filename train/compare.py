@@ -443,53 +443,47 @@ def plot_compare(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from asl_jax.training.plots import save_figure
+    from asl_jax.training.plots import draw, save_figure
 
     os.makedirs(out_dir, exist_ok=True)
     done = [(r["loss"], r["label"]) for r in runs if r["loss"] in records]
     colours = {loss: f"C{i}" for i, loss in enumerate(LOSSES)}
     written = []
 
-    def series(loss: str, kind: str, key: str) -> tuple[list[int], list[float]]:
+    def series(loss: str, label: str, kind: str, key: str, **style: Any) -> Any:
         points = [
             (r["step"], r[key])
             for r in records[loss]
             if r.get("kind") == kind and r.get(key) is not None
         ]
-        return [p[0] for p in points], [p[1] for p in points]
+        style = {"color": colours[loss], **style}
+        return (label, [p[0] for p in points], [p[1] for p in points], style)
 
-    def save(fig: Any, name: str) -> None:
+    def figure(lines: list[Any], ylabel: str, title: str, name: str, **kwargs: Any) -> Any:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        if draw(ax, lines, **kwargs) == "line" and name == "delta_p.png":
+            ax.axhline(0.0, color="k", lw=0.5)
+        ax.set(ylabel=ylabel, title=title)
         written.append(save_figure(fig, os.path.join(out_dir, name)))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    maps = []
     for loss, label in done:
-        xs, ys = series(loss, "eval", "map")
-        ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, color=colours[loss], label=label)
-        xs, ys = series(loss, "eval", "map_ema")
-        ax.plot(xs, [100 * y for y in ys], ls="--", lw=1, color=colours[loss])
-    ax.set(xlabel="step", ylabel="validation mAP (%)", title="mAP over training (dashed: EMA)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save(fig, "map.png")
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for loss, label in done:
-        ax.plot(*series(loss, "train", "delta_p"), lw=1, color=colours[loss], label=label)
-    ax.axhline(0.0, color="k", lw=0.5)
-    ax.set(xlabel="step", ylabel="Δp = p̄− − p̄+", title="Probability gap Δp (train batches)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    save(fig, "delta_p.png")
-
+        maps.append(series(loss, label, "eval", "map", marker="o", ms=3))
+        maps.append(series(loss, f"{label} (EMA)", "eval", "map_ema", ls="--", lw=1))
+    figure(
+        maps,
+        "validation mAP (%)",
+        "mAP over training (dashed: EMA)",
+        "map.png",
+        scale=100.0,
+        what="evaluation",
+    )
+    delta_p = [series(loss, label, "train", "delta_p", lw=1) for loss, label in done]
+    figure(delta_p, "Δp = p̄− − p̄+", "Probability gap Δp (train batches)", "delta_p.png")
     adaptive = [(loss, label) for loss, label in done if LOSSES[loss]["adaptive"]]
     if adaptive:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for loss, label in adaptive:
-            ax.plot(*series(loss, "train", "gamma_neg"), color=colours[loss], label=label)
-        ax.set(xlabel="step", ylabel="γ−", title="Adaptive γ− over training")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save(fig, "gamma_neg.png")
+        gammas = [series(loss, label, "train", "gamma_neg") for loss, label in adaptive]
+        figure(gammas, "γ−", "Adaptive γ− over training", "gamma_neg.png")
     return written
 
 

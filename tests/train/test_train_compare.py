@@ -150,3 +150,37 @@ def test_loss_configs_and_the_losses_flag(comparison):
     for bad, message in (("asl,nope", "unknown: nope"), ("bce,bce", "twice"), ("", "expected")):
         with pytest.raises(ValueError, match=message):
             compare.parse_losses(bad)
+
+
+@pytest.mark.parametrize(("num_evals", "kind"), [(1, "bar"), (8, "line")])
+def test_compare_plots_draw_a_single_evaluation_as_bars(tmp_path, monkeypatch, num_evals, kind):
+    from asl_jax.training import plots
+
+    kinds = {}
+    real_draw = plots.draw
+
+    def recording_draw(ax, series, **kwargs):
+        kinds[ax.get_figure()] = real_draw(ax, series, **kwargs)
+        return kinds[ax.get_figure()]
+
+    monkeypatch.setattr(plots, "draw", recording_draw)
+    runs = [{"loss": loss, "label": loss.upper()} for loss in ("bce", "asl_adaptive")]
+    records = {
+        r["loss"]: [
+            {"kind": "eval", "step": 10 * (i + 1), "map": 0.5 + i / 100, "map_ema": 0.4}
+            for i in range(num_evals)
+        ]
+        + [
+            {"kind": "train", "step": 10 * (i + 1), "delta_p": 0.1, "gamma_neg": 4.0}
+            for i in range(num_evals)
+        ]
+        for r in runs
+    }
+    written = compare.plot_compare(runs, records, tmp_path)
+    assert sorted(os.path.basename(p) for p in written) == [
+        "delta_p.png",
+        "gamma_neg.png",
+        "map.png",
+    ]
+    assert list(kinds.values()) == [kind] * 3
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in written)
