@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -84,7 +85,7 @@ def read_error(error: BaseException, limit: int = 300) -> str:
     TensorStore appends kilobytes of JSON spec (dropped); a long message keeps its beginning
     (what was read) and its end (the cause).
     """
-    text = " ".join(str(error).split(" [tensorstore_spec=", 1)[0].split())
+    text = re.split(r"\s*\[tensorstore_spec", " ".join(str(error).split()), maxsplit=1)[0]
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     half = limit // 2
     return text if len(text) <= limit else f"{text[:half]} … {text[-half:]}"

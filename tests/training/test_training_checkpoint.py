@@ -222,7 +222,8 @@ def test_checkpointer_ranks_metrics_after_a_restart(undamaged, tmp_path):
 
 
 def test_read_error_is_one_short_line():
-    error = ValueError("OUT_OF_RANGE: Error reading\n" + "x" * 500 + " end [tensorstore_spec='{}']")
+    spec = "[tensorstore_spec='{}'] [tensorstore_spec[1]='{}']"
+    error = ValueError(f"OUT_OF_RANGE: Error reading\n{'x' * 500} end\n{spec}")
     text = read_error(error, limit=100)
     assert "\n" not in text and "tensorstore_spec" not in text and len(text) <= 103
     assert text.startswith("ValueError: OUT_OF_RANGE") and text.endswith("x end")
