@@ -562,7 +562,9 @@ def _evaluate_and_log(run: _Run) -> bool:
         mesh=run.mesh,
         threshold=float(run.config.threshold),
     )
-    new_best = _sets_a_best(run.log.records, scores)
+    # Every host computes the same scores from the same replicated outputs; agreeing anyway
+    # guarantees that all take part in the checkpoint that follows.
+    new_best = _agree(_sets_a_best(run.log.records, scores))
     run.log.write({"kind": "eval", "step": step, "elapsed": run.elapsed(), **scores})
     if run.progress is not None:
         run.progress.write(
