@@ -37,6 +37,7 @@ def main(argv: list[str]) -> int:
     from asl_jax.training.config import ConfigError
     from asl_jax.training.loop import (
         NonFiniteError,
+        UnreadableCheckpointError,
         WorkdirConfigError,
         format_summary,
         train_and_evaluate,
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
 
     try:
         result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ConfigError, WorkdirConfigError, NonFiniteError) as e:
+    except (ConfigError, WorkdirConfigError, NonFiniteError, UnreadableCheckpointError) as e:
         return common.error(str(e))
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)

@@ -347,11 +347,11 @@ def _checkpoint_step(
             )
         step = int(summary[f"{key}_step"])
         if step not in steps:
+            # Training keeps the best checkpoints; this one was removed or set aside since.
             raise RunError(
                 f"the best {'EMA ' if ema else ''}mAP ({100 * summary[key]:.2f}%) was "
-                f"evaluated at step {step}, but that checkpoint is no longer kept (checkpoints "
-                f"of steps {', '.join(map(str, steps))}); give --step, or train with "
-                "checkpoint_every dividing eval_every and a larger max_checkpoints_to_keep"
+                f"evaluated at step {step}, but {ckpt_dir} has no checkpoint of that step "
+                f"(checkpoints of steps {', '.join(map(str, steps))}); give --step"
             )
     elif step is None:
         step = steps[-1]
@@ -361,6 +361,21 @@ def _checkpoint_step(
             f"{', '.join(map(str, steps))})"
         )
     return step
+
+
+def _restore(ckpt: Any, state: Any, step: int) -> Any:
+    """``ckpt.restore(state, step)``, with a one-line ``RunError`` when it cannot be read."""
+    from asl_jax.training.checkpoint import read_error
+
+    try:
+        return ckpt.restore(state, step)
+    except Exception as e:  # TensorStore / Orbax read errors of damaged files
+        others = [s for s in ckpt.all_steps() if s != step]
+        hint = f"give --step with one of {', '.join(map(str, others))}" if others else "retrain"
+        raise RunError(
+            f"the checkpoint of step {step} ({ckpt.path(step)}) cannot be read "
+            f"({read_error(e)}); {hint}"
+        ) from None
 
 
 def open_run(
@@ -387,7 +402,7 @@ def open_run(
 
     Raises:
       RunError: missing workdir or config, no checkpoint, the step asked for has no checkpoint
-        (the message lists those that exist).
+        (the message lists those that exist), or its checkpoint cannot be read.
     """
     import jax
 
@@ -426,7 +441,7 @@ def open_run(
             total_steps=total_steps,
             mesh=mesh,
         )
-        state = ckpt.restore(programs.init(jax.random.key(int(config.seed))), step)
+        state = _restore(ckpt, programs.init(jax.random.key(int(config.seed))), step)
         return OpenRun(
             workdir=workdir,
             config=config,

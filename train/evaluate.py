@@ -6,7 +6,7 @@
 
 Reads ``WORKDIR/config.json``, rebuilds the data source and the model of the run, restores the
 latest checkpoint (``--step N``: that step's; ``--best``: the step of the best validation mAP in
-``summary.json``, of the EMA model with ``--ema``, if that checkpoint is still kept), and computes
+``summary.json``, of the EMA model with ``--ema``, whose checkpoint training keeps), and computes
 mAP, CP, CR, CF1, OP, OR and OF1 (threshold: the run's ``threshold``, or ``--threshold``) of the
 regular model, or of the EMA model with ``--ema``. Prints a table and writes ``WORKDIR/eval.json``
 (or ``--output``): the metrics as fractions in [0, 1] and the AP of every class with its name and
@@ -16,7 +16,8 @@ mean over the others, as during training).
 ``--split=train`` evaluates the training images without augmentation, against the labels the run
 trained on (with ``data.drop_positive_fraction`` those miss the dropped positives).
 
-Exit status 1 with a message for a missing workdir, no checkpoint, or a step without a checkpoint.
+Exit status 1 with a one-line message for a missing workdir, no checkpoint, a step without a
+checkpoint, or a checkpoint that cannot be read.
 Single process; the evaluation uses the local devices that divide the evaluation batch size.
 """
 
@@ -77,7 +78,8 @@ def evaluate_workdir(
       (``class``, ``ap``, ``num_positives`` per class).
 
     Raises:
-      RunError: missing workdir, no checkpoint, no such step, data that no longer matches.
+      RunError: missing workdir, no checkpoint, no such step, an unreadable checkpoint, data
+        that no longer matches.
       ValueError: bad ``split`` or ``threshold``.
     """
     from asl_jax.training.evaluation import metrics, per_class_ap

@@ -2,17 +2,144 @@
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoint intact. On several hosts every process calls the
-same methods; Orbax coordinates the writes.
+same methods; Orbax coordinates the writes and the deletion of old checkpoints.
+
+Retention. Besides the ``max_to_keep`` newest checkpoints, the one of the best value of each
+metric of ``keep_best`` (a tie goes to the later step) is kept. The metrics of a checkpoint are
+given to :meth:`Checkpointer.save` and stored with it by Orbax, so the choice survives a restart.
+
+Damage. A checkpoint can still be unreadable (a file truncated by a full disk, a storage fault):
+:meth:`Checkpointer.restore_newest_readable` then moves it aside to ``<step>.unreadable`` (kept
+for inspection; Orbax only sees integer names) and restores the next newest.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import math
 import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from asl_jax.training.state import TrainState, checkpoint_items
+
+#: The metrics whose best checkpoint the training loop keeps (validation mAP, regular and EMA).
+BEST_METRICS = ("map", "map_ema")
+
+#: Suffix of the name of a checkpoint directory that could not be read.
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """Raised when no checkpoint of a directory can be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SetAside:
+    """A checkpoint that could not be read and was moved out of Orbax's sight.
+
+    Attributes:
+      step: its step.
+      reason: the read error, on one line.
+      moved_to: the directory it was renamed to.
+    """
+
+    step: int
+    reason: str
+    moved_to: str
+
+
+def _metric(key: str, metrics: Mapping[str, float]) -> float:
+    """A checkpoint's value of ``key`` (checkpoints without it rank below all others)."""
+    return float(metrics.get(key, -math.inf))
+
+
+def _retention(max_to_keep: int, keep_best: Sequence[str]) -> policies.PreservationPolicy:
+    # BestN sorts stably by the metric, in step order, and keeps the last: a tie goes to the
+    # later step.
+    return policies.AnyPreservationPolicy(
+        [policies.LatestN(n=max_to_keep)]
+        + [
+            policies.BestN(
+                get_metric_fn=functools.partial(_metric, key),
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+            for key in keep_best
+        ]
+    )
+
+
+def read_error(error: BaseException, limit: int = 300) -> str:
+    """``error`` on one line of at most about ``limit`` characters.
+
+    TensorStore appends kilobytes of JSON spec (dropped); a long message keeps its beginning
+    (what was read) and its end (the cause).
+    """
+    text = re.split(r"\s*\[tensorstore_spec", " ".join(str(error).split()), maxsplit=1)[0]
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    half = limit // 2
+    return text if len(text) <= limit else f"{text[:half]} … {text[-half:]}"
+
+
+def _all_true(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on every process."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).all())
+
+
+def _is_read_noise(exc: BaseException | None) -> bool:
+    """A report of a read that ended after its restore failed (see :func:`_quiet_read_noise`)."""
+    if isinstance(exc, RuntimeError):
+        return str(exc) == "Event loop is closed"
+    return isinstance(exc, ValueError) and "[tensorstore_spec=" in str(exc)
+
+
+class _ReadNoiseFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage().startswith("Future exception") and _is_read_noise(exc))
+
+
+def _quiet_read_noise() -> None:
+    """Silences the reports of the reads still running when a restore failed.
+
+    When one array of a checkpoint cannot be read, Orbax closes the event loop of the restore
+    while TensorStore's other reads are running. Each then reports "Event loop is closed"
+    through ``sys.unraisablehook``, and each failed one "Future exception was never retrieved"
+    through the ``asyncio`` logger: dozens of tracebacks, some after the restore has raised, for
+    an error that the caller reports once. Only those two reports are dropped, from then on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_read_noise", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_read_noise(unraisable.exc_value):
+            previous(unraisable)
+
+    hook.quiets_read_noise = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_ReadNoiseFilter())
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -21,19 +148,32 @@ class Checkpointer:
     Args:
       directory: where checkpoints live (created if needed).
       max_to_keep: how many of the most recent checkpoints to keep.
+      keep_best: metric names (higher is better) whose best checkpoint is kept as well, among
+        the metrics given to :meth:`save`.
 
     Example:
       >>> ckpt = Checkpointer("/tmp/run/checkpoints")
-      >>> ckpt.save(state)                            # doctest: +SKIP
+      >>> ckpt.save(state, metrics={"map": 0.5})     # doctest: +SKIP
       >>> state = ckpt.restore(state)                 # latest checkpoint, same shardings
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_to_keep: int = 3):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_to_keep: int = 3,
+        keep_best: Sequence[str] = BEST_METRICS,
+    ):
         self.directory = os.path.abspath(os.fspath(directory))
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        self._keep_best = tuple(keep_best)
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            preservation_policy=_retention(max_to_keep, self._keep_best),
+            # Orbax stores the metrics of a save only when a best_fn is set; the retention
+            # itself is the policy above.
+            best_fn=functools.partial(_metric, self._keep_best[0]) if self._keep_best else None,
         )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -47,12 +187,29 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         return os.path.join(self.directory, str(step))
 
-    def save(self, state: TrainState) -> int:
-        """Saves ``state`` under its step (asynchronously; see :meth:`wait`). Returns the step."""
+    def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> int:
+        """Saves ``state`` under its step (asynchronously; see :meth:`wait`). Returns the step.
+
+        Args:
+          state: the state to save.
+          metrics: the evaluation of this state, if any (``keep_best`` ranks by it; finite
+            values only are stored, a missing one ranks last).
+        """
         step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
             return step
-        self._manager.save(step, args=ocp.args.StandardSave(checkpoint_items(state)), force=True)
+        # Always a dict (possibly empty): Orbax warns about a save without metrics.
+        stored = {
+            k: float(v)
+            for k, v in (metrics or {}).items()
+            if v is not None and math.isfinite(float(v))
+        }
+        self._manager.save(
+            step,
+            args=ocp.args.StandardSave(checkpoint_items(state)),
+            metrics=stored,
+            force=True,
+        )
         return step
 
     def restore(self, state: TrainState, step: int | None = None) -> TrainState:
@@ -70,8 +227,61 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoint_items(state))
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception:
+            _quiet_read_noise()
+            raise
         return state.replace(**restored)
+
+    def restore_newest_readable(self, state: TrainState) -> tuple[TrainState, int, list[SetAside]]:
+        """Restores the newest checkpoint that can be read; moves the newer ones aside.
+
+        The checkpoints are tried newest first. Those that fail are renamed to
+        ``<step>.unreadable`` only once an older one has been read: when none can be read (a
+        state of another structure, say) nothing is moved. Every process reads the same files;
+        a checkpoint counts as read when it was read on every process, so that all resume from
+        the same step. Process 0 renames, the others wait for it.
+
+        Returns:
+          The restored state, its step and the checkpoints set aside (newest first).
+
+        Raises:
+          UnreadableCheckpointError: there is no checkpoint, or none can be read (the message
+            lists each step with its error).
+        """
+        failed: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                restored, error = jax.block_until_ready(self.restore(state, step)), None
+            except Exception as e:  # TensorStore, Orbax and JSON errors alike
+                restored, error = None, read_error(e)
+            if _all_true(error is None):
+                return restored, step, self._set_aside(failed)
+            failed.append((step, error or "unreadable on another process"))
+        errors = "; ".join(f"step {step}: {reason}" for step, reason in failed)
+        raise UnreadableCheckpointError(
+            f"no checkpoint in {self.directory} can be read ({errors or 'there is none'})"
+        )
+
+    def _set_aside(self, failed: list[tuple[int, str]]) -> list[SetAside]:
+        if not failed:
+            return []
+        _barrier("asl_jax.checkpoint.before_set_aside")  # every process names the same targets
+        moved = []
+        for step, reason in failed:
+            target, n = f"{self.path(step)}{UNREADABLE_SUFFIX}", 1
+            while os.path.exists(target):  # an earlier run set this step aside too
+                n += 1
+                target = f"{self.path(step)}{UNREADABLE_SUFFIX}-{n}"
+            moved.append(SetAside(step, reason, target))
+        _barrier("asl_jax.checkpoint.set_aside_named")
+        if jax.process_index() == 0:
+            for item in moved:
+                os.rename(self.path(item.step), item.moved_to)
+        _barrier("asl_jax.checkpoint.set_aside_done")
+        self._manager.reload()
+        return moved
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

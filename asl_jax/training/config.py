@@ -49,7 +49,8 @@ FIELDS: dict[str, str] = {
         "total steps // 8; 0 = only at the end; always at the end)"
     ),
     "checkpoint_every": "checkpoint every this many steps (0 = only at the end / on interrupt)",
-    "max_checkpoints_to_keep": "number of recent checkpoints kept",
+    "max_checkpoints_to_keep": "number of recent checkpoints kept (plus those of the best mAP "
+    "and best EMA mAP)",
     "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
     "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
     "progress_bar": "show a progress bar (process 0)",

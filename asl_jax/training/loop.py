@@ -11,6 +11,13 @@ epoch)``; the loop asks the source for ``epoch = step // steps_per_epoch`` start
 ``step % steps_per_epoch``) and the same randomness (step ``t`` uses ``fold_in(rng, t)``), so it
 ends with the same state as an uninterrupted run. A workdir whose checkpoints come from a config
 that changes results is refused (see :func:`asl_jax.training.config.changed_result_fields`).
+A latest checkpoint that cannot be read (truncated files) is moved aside to
+``checkpoints/<step>.unreadable`` and the run resumes from the newest readable one; when none can
+be read the run stops (:class:`UnreadableCheckpointError`) instead of starting over.
+
+Checkpoints kept. The ``max_checkpoints_to_keep`` latest, plus those of the best validation mAP
+and of the best EMA validation mAP (a tie goes to the later step): an evaluation that sets a best
+is checkpointed even between checkpoint steps.
 
 Non-finite steps. A step whose loss or gradient is not finite leaves the state unchanged (only the
 step and skip counters advance); ``max_consecutive_nonfinite`` such steps in a row stop the run
@@ -38,7 +45,7 @@ import numpy as np
 from asl_jax.data import DataSource, create_source, steps_per_epoch
 from asl_jax.models import create_model
 from asl_jax.training import parallel, progress
-from asl_jax.training.checkpoint import Checkpointer
+from asl_jax.training.checkpoint import BEST_METRICS, Checkpointer, UnreadableCheckpointError
 from asl_jax.training.config import (
     ConfigError,
     changed_result_fields,
@@ -307,6 +314,7 @@ def train_and_evaluate(
     Raises:
       ConfigError: invalid config (naming the field) or unusable data.
       WorkdirConfigError: the workdir's checkpoints come from a config that changes results.
+      UnreadableCheckpointError: the workdir has checkpoints, but none can be read.
       NonFiniteError: too many consecutive non-finite steps.
     """
     run = _setup(config, workdir, source=source, mesh=mesh)
@@ -346,8 +354,15 @@ class _Run:
         return self.elapsed_before + time.time() - self.start_time
 
     def save(self) -> None:
-        self.ckpt.save(self.state)
-        self.last_saved = self.step
+        """Checkpoints the state, with the evaluation of this step if there is one (the
+        checkpointer keeps the best evaluations' checkpoints by it)."""
+        step = self.step
+        scores = next(
+            (r for r in reversed(self.log.records) if r["kind"] == "eval" and r["step"] == step),
+            {},
+        )
+        self.ckpt.save(self.state, metrics={k: scores.get(k) for k in BEST_METRICS})
+        self.last_saved = step
 
     def close(self) -> None:
         if self.progress is not None:
@@ -384,12 +399,8 @@ def _setup(
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=int(config.max_checkpoints_to_keep)
     )
-    restored_step = ckpt.latest_step()
-    _refuse_other_config(config, workdir, ckpt, restored_step)
-    state = programs.init(jax.random.key(int(config.seed)))
-    if restored_step is not None:
-        state = ckpt.restore(state, restored_step)
-        _log(f"Resuming from step {restored_step} ({ckpt.path(restored_step)}).")
+    _refuse_other_config(config, workdir, ckpt, ckpt.latest_step())
+    state, restored_step = _restore(ckpt, programs.init(jax.random.key(int(config.seed))))
     is_main = jax.process_index() == 0
     if is_main:
         _write_run_files(config, workdir, source)
@@ -453,6 +464,32 @@ def _refuse_other_config(
             f"({'; '.join(diff)}). Resuming would mix two runs: use another --workdir, "
             "rerun with the original config, or delete the workdir to start over."
         )
+
+
+def _restore(ckpt: Checkpointer, state: TrainState) -> tuple[TrainState, int | None]:
+    """The newest readable checkpoint and its step (``state`` and None when there is none).
+
+    An unreadable newer checkpoint is moved aside with a one-line warning, and the run resumes
+    from the one before: a damaged checkpoint costs one checkpoint interval. When none can be
+    read the run stops rather than start over in a workdir that holds results.
+    """
+    if ckpt.latest_step() is None:
+        return state, None
+    try:
+        state, step, set_aside = ckpt.restore_newest_readable(state)
+    except UnreadableCheckpointError as e:
+        ckpt.close()
+        raise UnreadableCheckpointError(
+            f"{e}. Nothing was moved or deleted; to start over, use a new --workdir or move "
+            f"{ckpt.directory} away."
+        ) from None
+    for item in set_aside:
+        _log(
+            f"warning: the checkpoint of step {item.step} cannot be read ({item.reason}); "
+            f"moved it to {item.moved_to} and resuming from an older one."
+        )
+    _log(f"Resuming from step {step} ({ckpt.path(step)}).")
+    return state, step
 
 
 def _write_run_files(config: Any, workdir: str, source: DataSource) -> None:
@@ -528,7 +565,22 @@ def _check_finite(run: _Run, records: _TrainRecords) -> None:
     )
 
 
-def _evaluate_and_log(run: _Run) -> None:
+def _sets_a_best(records: list[dict[str, Any]], scores: dict[str, Any]) -> bool:
+    """Whether ``scores`` equal or beat the earlier evaluations of ``records`` in a metric of
+    :data:`BEST_METRICS` (a tie counts: the best checkpoint is the latest of equals)."""
+    for key in BEST_METRICS:
+        value = scores.get(key)
+        if value is None or not np.isfinite(value):
+            continue
+        earlier = [r[key] for r in records if r["kind"] == "eval" and r.get(key) is not None]
+        if not earlier or value >= max(earlier):
+            return True
+    return False
+
+
+def _evaluate_and_log(run: _Run) -> bool:
+    """Evaluates and writes the eval record; returns whether it sets a best (see
+    :func:`_sets_a_best`)."""
     step = run.step
     scores = evaluate(
         run.programs.eval,
@@ -538,11 +590,15 @@ def _evaluate_and_log(run: _Run) -> None:
         mesh=run.mesh,
         threshold=float(run.config.threshold),
     )
+    # Every host computes the same scores from the same replicated outputs; agreeing anyway
+    # guarantees that all take part in the checkpoint that follows.
+    new_best = _agree(_sets_a_best(run.log.records, scores))
     run.log.write({"kind": "eval", "step": step, "elapsed": run.elapsed(), **scores})
     if run.progress is not None:
         run.progress.write(
             f"step {step}: mAP {100 * scores['map']:.2f}% (EMA {100 * scores['map_ema']:.2f}%)"
         )
+    return new_best
 
 
 def _interruption(stop: _StopFlag, by_request: bool) -> int | None:
@@ -585,10 +641,13 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
             # Several hosts must stop at the same step: they agree at log boundaries.
             if jax.process_count() == 1 or at_log:
                 interrupted = _interruption(stop, stop_at_step is not None and step >= stop_at_step)
+            new_best = False
             if itstime(step, eval_every, total):
                 _check_finite(run, records)
-                _evaluate_and_log(run)
-            if itstime(step, int(config.checkpoint_every), total):
+                new_best = _evaluate_and_log(run)
+            # A new best evaluation gets a checkpoint even between checkpoint steps, so that
+            # the best checkpoints (kept beside the latest) exist.
+            if new_best or itstime(step, int(config.checkpoint_every), total):
                 run.save()
             if interrupted is not None or step >= total:
                 break

@@ -173,8 +173,8 @@ def summarize(
 
     Returns:
       A dict with ``final`` (the last evaluation record), ``best_map`` / ``best_map_step``,
-      ``best_map_ema`` / ``best_map_ema_step``, ``final_gamma_neg``, ``final_delta_p``,
-      ``num_skipped`` and ``extra``'s entries.
+      ``best_map_ema`` / ``best_map_ema_step`` (a tie goes to the later step),
+      ``final_gamma_neg``, ``final_delta_p``, ``num_skipped`` and ``extra``'s entries.
     """
     records = list(records)
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -183,7 +183,8 @@ def summarize(
     out["final"] = evals[-1] if evals else None
     for key in ("map", "map_ema"):
         scored = [r for r in evals if r.get(key) is not None]
-        best = max(scored, key=lambda r: r[key]) if scored else None
+        # max() returns the first maximum: of the reversed records, the latest of equals.
+        best = max(reversed(scored), key=lambda r: r[key]) if scored else None
         out[f"best_{key}"] = best[key] if best else None
         out[f"best_{key}_step"] = best["step"] if best else None
     last = trains[-1] if trains else {}

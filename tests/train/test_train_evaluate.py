@@ -1,5 +1,6 @@
 """Tests of ``python -m train.evaluate`` on the BCE run of the shared tiny comparison."""
 
+import glob
 import json
 import os
 import shutil
@@ -79,13 +80,16 @@ def test_errors_name_the_problem(comparison, tmp_path):
     assert not (empty / "checkpoints").exists()  # looking did not create it
     with pytest.raises(RunError, match=r"no checkpoint of step 5 .*steps 4, 8"):
         evaluate_workdir(comparison.run, step=5)
-    # The best evaluation's checkpoint was not kept.
+    # The best evaluation's checkpoint is gone (training keeps it; removed by hand).
     copy = tmp_path / "copy"
     shutil.copytree(comparison.run, copy)
     summary = json.load(open(copy / "summary.json"))
     summary["best_map_step"] = 6
     json.dump(summary, open(copy / "summary.json", "w"))
-    with pytest.raises(RunError, match="at step 6, but that checkpoint is no longer kept"):
+    with pytest.raises(
+        RunError,
+        match=r"at step 6, but .* has no checkpoint of that step \(checkpoints of steps 4, 8\)",
+    ):
         evaluate_workdir(copy, best=True)
     with pytest.raises(ValueError, match="--split='test'"):
         evaluate_workdir(comparison.run, split="test")
@@ -95,3 +99,17 @@ def test_cli_error_exit_status(comparison, tmp_path):
     proc = comparison.cli("train.evaluate", f"--workdir={tmp_path / 'missing'}")
     assert proc.returncode == 1
     assert f"error: workdir {tmp_path / 'missing'} does not exist" in proc.stderr
+
+
+def test_cli_names_an_unreadable_checkpoint_in_one_line(comparison, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(comparison.run, copy)
+    # Truncated data files, as a full disk or a storage fault leaves them.
+    for path in glob.glob(str(copy / "checkpoints" / "8" / "**" / "d" / "*"), recursive=True):
+        os.truncate(path, os.path.getsize(path) // 2)
+    proc = comparison.cli("train.evaluate", f"--workdir={copy}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Event loop" not in proc.stderr, proc.stderr[-3000:]
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: the checkpoint of step 8 ({copy}/checkpoints/8) cannot be read")
+    assert line.endswith("; give --step with one of 4")

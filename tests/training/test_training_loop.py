@@ -87,7 +87,11 @@ def test_workdir_files(reference):
     assert summary["best_map"] == max(r["map"] for r in evals)
     assert summary["final_gamma_neg"] == train[-1]["gamma_neg"]
     assert summary["config_name"] == "default" and summary["wall_time_s"] > 0
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "8"]
+    # The 2 latest checkpoints, and those of the best evaluations (the first one, at step 5, is
+    # a best and was checkpointed although 5 is no checkpoint step).
+    best = {summary["best_map_step"], summary["best_map_ema_step"]}
+    kept = {int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))}
+    assert kept == {8, 10} | best
     plots = sorted(os.listdir(os.path.join(workdir, "plots")))
     assert plots == ["gamma_delta_p.png", "loss.png", "map.png", "probabilities.png"]
     # The adaptive γ− moved during the run and is what the state carries.
@@ -99,9 +103,10 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(reference, cache_dir, 
     config = tiny_config(cache_dir)
     first = train_and_evaluate(config, tmp_path, stop_at_step=6, handle_signals=False)
     assert first.interrupted == 0 and first.summary["status"] == "interrupted"
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
-    # A kill between the checkpoint of step 4 and the next one: the records of steps 5 and 6
-    # were written but their checkpoint was not.
+    # Step 5's evaluation, the first, is the best so far: checkpointed (and kept, so 4 is not).
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5", "6"]
+    # A kill between the checkpoint of step 5 and the next one: the records of step 6 were
+    # written but its checkpoint was not.
     shutil.rmtree(tmp_path / "checkpoints" / "6")
     second = train_and_evaluate(config, tmp_path, handle_signals=False)
     assert second.interrupted is None and int(second.state.step) == 10
