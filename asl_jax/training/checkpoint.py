@@ -118,9 +118,10 @@ def _quiet_read_noise() -> None:
 
     When one array of a checkpoint cannot be read, Orbax closes the event loop of the restore
     while TensorStore's other reads are running. Each then reports "Event loop is closed"
-    through ``sys.unraisablehook``, and each failed one "Future exception was never retrieved"
-    through the ``asyncio`` logger: dozens of tracebacks, some after the restore has raised, for
-    an error that the caller reports once. Only those two reports are dropped, from then on.
+    through ``sys.unraisablehook`` or, from TensorStore's callback threads, ``sys.excepthook``,
+    and each failed one "Future exception was never retrieved" through the ``asyncio`` logger:
+    dozens of tracebacks, some after the restore has raised, for an error that the caller
+    reports once. Only those reports are dropped, from then on.
     """
     previous = sys.unraisablehook
     if getattr(previous, "quiets_read_noise", False):
@@ -130,8 +131,15 @@ def _quiet_read_noise() -> None:
         if not _is_read_noise(unraisable.exc_value):
             previous(unraisable)
 
+    previous_excepthook = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not _is_read_noise(value):
+            previous_excepthook(kind, value, tb)
+
     hook.quiets_read_noise = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    sys.excepthook = excepthook
     logging.getLogger("asyncio").addFilter(_ReadNoiseFilter())
 
 
@@ -227,11 +235,8 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, checkpoint_items(state))
-        try:
-            restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception:
-            _quiet_read_noise()
-            raise
+        _quiet_read_noise()  # before: some reports come while the failing restore still runs
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return state.replace(**restored)
 
     def restore_newest_readable(self, state: TrainState) -> tuple[TrainState, int, list[SetAside]]:
