@@ -54,6 +54,7 @@ FIELDS: dict[str, str] = {
     "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
     "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
     "progress_bar": "show a progress bar (process 0)",
+    "tensorboard": "also write the records as TensorBoard event files in the workdir",
     "loss.name": "bce, focal or asl",
     "loss.gamma_pos": "γ+ of ASL",
     "loss.gamma_neg": "γ− of ASL (the initial value when adaptive)",
@@ -85,6 +86,7 @@ OPERATIONAL_FIELDS = frozenset(
         "max_checkpoints_to_keep",
         "max_consecutive_nonfinite",
         "progress_bar",
+        "tensorboard",
         "eval_batch_size",
         "threshold",
         "data.path",
@@ -316,6 +318,7 @@ def _check_run(
     check.integer("max_checkpoints_to_keep", 1)
     check.integer("max_consecutive_nonfinite", 1)
     check.boolean("progress_bar")
+    check.boolean("tensorboard")
     for field in ("batch_size", "eval_batch_size"):
         value = flat[field]
         if value == 0:

@@ -136,6 +136,7 @@ NON_PROGRAM_FIELDS = frozenset(
         "max_consecutive_nonfinite",
         "threshold",
         "progress_bar",
+        "tensorboard",
     }
 )
 
@@ -367,6 +368,7 @@ class _Run:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
+        self.log.close()
         self.ckpt.close()
 
 
@@ -405,7 +407,11 @@ def _setup(
     if is_main:
         _write_run_files(config, workdir, source)
     log = MetricsLog(
-        os.path.join(workdir, "metrics.jsonl"), keep_until_step=restored_step, enabled=is_main
+        os.path.join(workdir, "metrics.jsonl"),
+        keep_until_step=restored_step,
+        enabled=is_main,
+        tensorboard=bool(config.tensorboard),
+        tensorboard_text=config.to_json_best_effort(indent=2, sort_keys=True),
     )
     elapsed_before = next(
         (r["elapsed"] for r in reversed(log.records) if r.get("elapsed") is not None), 0.0

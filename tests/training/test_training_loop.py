@@ -4,6 +4,7 @@ Every run uses the same tiny config (shapes at 16 px, 64 training images, a 4-ch
 steps on the 8 simulated devices), so the programs are compiled once for the whole module.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -87,6 +88,8 @@ def test_workdir_files(reference):
     assert summary["best_map"] == max(r["map"] for r in evals)
     assert summary["final_gamma_neg"] == train[-1]["gamma_neg"]
     assert summary["config_name"] == "default" and summary["wall_time_s"] > 0
+    # TensorBoard shows the same evaluations (the event files are read in test_training_records).
+    assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
     # The 2 latest checkpoints, and those of the best evaluations (the first one, at step 5, is
     # a best and was checkpointed although 5 is no checkpoint step).
     best = {summary["best_map_step"], summary["best_map_ema_step"]}

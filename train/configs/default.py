@@ -69,4 +69,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_consecutive_nonfinite = 20
     config.threshold = 0.5
     config.progress_bar = True
+    config.tensorboard = True  # event files in the workdir: tensorboard --logdir runs/
     return config
