@@ -36,6 +36,12 @@ focal and ASL runs and refuses only the adaptive one (delete ``WORKDIR/asl_adapt
 retrain it). Ctrl-C / SIGTERM stops the current run at a step boundary with a checkpoint,
 writes the results so far and exits with 128 + the signal number.
 
+``--seeds=0,1,2`` repeats the comparison once per seed, in ``WORKDIR/seed_<s>/`` (each a complete
+comparison as above, resumable the same way), and writes ``seeds.json`` and ``seeds.md``: per
+loss the mean ± standard deviation over seeds of the final mAP, EMA mAP, CF1 and OF1, and the
+paired comparison with BCE (mean of the per-seed mAP differences, its standard error and the
+p-value of a paired t-test: runs of one seed share data order, augmentation and initialisation).
+
 Single process only (for several hosts, run ``python -m train`` per loss).
 """
 
@@ -423,6 +429,156 @@ def format_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+#: The results that :func:`aggregate_seeds` summarises over seeds (keys of a compare.json run).
+SEED_METRICS = ("final_map", "final_map_ema", "final_cf1", "final_of1")
+#: The loss every other loss is compared with, seed by seed.
+BASELINE = "bce"
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(
+            f"--seeds={text!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds={text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def aggregate_seeds(results: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per loss, mean ± sd over seeds of :data:`SEED_METRICS` and the paired test against BCE.
+
+    Args:
+      results: seed -> that seed's compare.json content.
+
+    Returns:
+      One entry per loss (in run order): ``loss``, ``label``, ``seeds`` (those whose run
+      completed), per metric ``{"values", "mean", "std", "n"}`` and ``vs_bce``: per metric the
+      :func:`~asl_jax.training.statistics.paired_difference` over the seeds where both the loss
+      and BCE completed (None for BCE itself or without a BCE run).
+    """
+    from asl_jax.training.statistics import mean_and_std, paired_difference
+
+    by_loss: dict[str, dict[int, Mapping[str, Any]]] = {}
+    labels: dict[str, str] = {}
+    for seed, result in results.items():
+        for run in result["runs"]:
+            labels[run["loss"]] = run["label"]
+            if run["status"] == "completed":
+                by_loss.setdefault(run["loss"], {})[seed] = run
+    out = []
+    for loss, label in labels.items():
+        runs = by_loss.get(loss, {})
+        entry: dict[str, Any] = {"loss": loss, "label": label, "seeds": sorted(runs)}
+        for key in SEED_METRICS:
+            values = [runs[s][key] for s in sorted(runs) if runs[s][key] is not None]
+            entry[key] = {"values": values, **mean_and_std(values)} if values else None
+        baseline = by_loss.get(BASELINE, {})
+        paired = [s for s in sorted(runs) if s in baseline]
+        entry["vs_bce"] = None
+        if loss != BASELINE and paired:
+            entry["vs_bce"] = {
+                key: paired_difference(
+                    [runs[s][key] for s in paired], [baseline[s][key] for s in paired]
+                )
+                for key in SEED_METRICS
+            }
+        out.append(entry)
+    return out
+
+
+def _mean_sd(cell: Mapping[str, Any] | None) -> str:
+    if cell is None:
+        return "–"
+    sd = "" if cell["std"] is None else f" ± {100 * cell['std']:.2f}"
+    return f"{100 * cell['mean']:.2f}{sd}"
+
+
+def _versus(test: Mapping[str, Any] | None) -> str:
+    if test is None:
+        return "–"
+    if test["stderr"] is None:
+        return f"{100 * test['mean']:+.2f}"
+    return f"{100 * test['mean']:+.2f} ± {100 * test['stderr']:.2f} (p = {test['p']:.2g})"
+
+
+def format_seed_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The Markdown table of seeds.md: mean ± sd over seeds, and mAP minus BCE's, seed by seed."""
+    lines = [
+        "| loss | seeds | mAP | EMA mAP | CF1 | OF1 | mAP − BCE mAP (± s.e., paired t-test) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        cells = [_mean_sd(e[key]) for key in SEED_METRICS]
+        versus = _versus(e["vs_bce"]["final_map"]) if e["vs_bce"] else "–"
+        seeds = ",".join(map(str, e["seeds"])) or "none completed"
+        lines.append(f"| {e['label']} | {seeds} | {' | '.join(cells)} | {versus} |")
+    return "\n".join(lines)
+
+
+def compare_seeds(
+    base_config: Any,
+    workdir: str | os.PathLike[str],
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`compare` once per seed, in ``WORKDIR/seed_<s>/``, then seeds.json and seeds.md.
+
+    Args:
+      base_config: the shared config; ``seed`` is set per comparison.
+      workdir: where the per-seed comparisons and the summary go.
+      losses: as :func:`compare`.
+      seeds: the seeds, in the order to run them.
+      **kwargs: passed to :func:`compare` (``command``, ``train_fn``, ...).
+
+    Returns:
+      The content of seeds.json: ``seeds``, ``status`` (``interrupted`` as soon as one
+      comparison is, then the later seeds are not run; ``failed`` when a run failed),
+      ``signal``, ``losses`` (:func:`aggregate_seeds`) and ``comparisons`` (seed -> its
+      compare.json path).
+    """
+    from asl_jax.training.records import write_json
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    results: dict[int, dict[str, Any]] = {}
+    status, interrupted = "completed", None
+    for seed in seeds:
+        config = base_config.copy_and_resolve_references()
+        config.seed = int(seed)
+        result = compare(config, os.path.join(workdir, f"seed_{seed}"), losses, **kwargs)
+        results[seed] = result
+        if result["status"] == "failed":
+            status = "failed"
+        if result["status"] == "interrupted":
+            status, interrupted = "interrupted", result["signal"]
+            break
+    summary = {
+        "seeds": list(seeds),
+        "status": status,
+        "signal": interrupted,
+        "losses": aggregate_seeds(results),
+        "comparisons": {
+            str(s): os.path.join(r["workdir"], "compare.json") for s, r in results.items()
+        },
+    }
+    write_json(os.path.join(workdir, "seeds.json"), summary)
+    with open(os.path.join(workdir, "seeds.md"), "w", encoding="utf-8") as f:
+        f.write(
+            f"# Loss comparison over seeds {', '.join(map(str, seeds))}\n\n"
+            + format_seed_table(summary["losses"])
+            + "\n\nMean ± sample standard deviation over the seeds whose run completed, in %. "
+            "The last column: the mean of the per-seed differences to BCE (same seed = same data "
+            "order, augmentation and initialisation), its standard error and the two-sided "
+            "p-value of a paired t-test.\n"
+        )
+    return summary
+
+
 def plot_compare(
     runs: Sequence[Mapping[str, Any]],
     records: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -496,6 +652,7 @@ def main(argv: list[str]) -> int:
     common.quiet_logging()
     try:
         losses = parse_losses(flags.FLAGS.losses)
+        seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
     except ValueError as e:
         return common.error(str(e))
     from asl_jax.training.config import ConfigError, validate_config
@@ -507,6 +664,8 @@ def main(argv: list[str]) -> int:
         validate_config(loss_config(base, "bce"))
     except ConfigError as e:
         return common.error(str(e))
+    if seeds is not None:
+        return _main_seeds(base, flags.FLAGS.workdir, losses, seeds)
     try:
         result = compare(base, flags.FLAGS.workdir, losses)
     except ValueError as e:  # the data source cannot be built
@@ -528,6 +687,25 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int]) -> int:
+    """``--seeds``: one comparison per seed, then the table over seeds."""
+    from train import common
+
+    try:
+        summary = compare_seeds(base, workdir, losses, seeds)
+    except ValueError as e:  # the data source cannot be built
+        return common.error(f"data.name={base.data.name!r}: {e}")
+    print(format_seed_table(summary["losses"]), flush=True)
+    out = os.path.abspath(workdir)
+    print(f"Results in {out}: seeds.json, seeds.md, and one comparison per seed (seed_<s>/).")
+    if summary["status"] == "interrupted":
+        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
+        return 128 + int(summary["signal"])
+    if summary["status"] == "failed":
+        return common.error("some runs failed (see seed_<s>/compare.md)")
+    return 0
+
+
 def _define_flags() -> None:
     from absl import flags
 
@@ -537,6 +715,12 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", "runs/compare", "Where the runs and the results go.")
     flags.DEFINE_string(
         "losses", ",".join(DEFAULT_LOSSES), f"Comma-separated losses among {', '.join(LOSSES)}."
+    )
+    flags.DEFINE_string(
+        "seeds",
+        "",
+        "Comma-separated seeds (e.g. 0,1,2): one comparison per seed in WORKDIR/seed_<s>/, and "
+        "mean ± sd with a paired test against BCE in seeds.md. Default: the config's seed only.",
     )
 
 

@@ -184,3 +184,60 @@ def test_compare_plots_draw_a_single_evaluation_as_bars(tmp_path, monkeypatch, n
     ]
     assert list(kinds.values()) == [kind] * 3
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_seeds_run_one_comparison_per_seed_and_test_against_bce(comparison, tmp_path):
+    from asl_jax.training.statistics import mean_and_std, paired_difference
+
+    maps = {("bce", 0): 0.60, ("bce", 1): 0.64, ("bce", 2): 0.59}
+    maps.update({("asl", 0): 0.70, ("asl", 1): 0.71, ("asl", 2): 0.72})
+    seen = []
+
+    def train_fn(config, run_dir, **kwargs):
+        seen.append((config.loss.name, config.seed, os.path.relpath(run_dir, tmp_path)))
+        result = _fake_result(run_dir, interrupted=None, step=10)
+        result.summary["final"]["map"] = maps[(config.loss.name, config.seed)]
+        return result
+
+    summary = compare.compare_seeds(
+        comparison.config(),
+        tmp_path,
+        ("bce", "asl"),
+        (0, 1, 2),
+        command="python -m train.compare --seeds=0,1,2",
+        train_fn=train_fn,
+        handle_signals=False,
+    )
+    assert seen == [(loss, s, f"seed_{s}/{loss}") for s in (0, 1, 2) for loss in ("bce", "asl")]
+    assert summary["status"] == "completed" and summary["seeds"] == [0, 1, 2]
+    bce, asl = summary["losses"]
+    asl_maps, bce_maps = (
+        [maps[("asl", s)] for s in (0, 1, 2)],
+        [maps[("bce", s)] for s in (0, 1, 2)],
+    )
+    assert asl["final_map"] == {"values": asl_maps, **mean_and_std(asl_maps)}
+    assert asl["vs_bce"]["final_map"] == paired_difference(asl_maps, bce_maps)
+    assert bce["vs_bce"] is None and bce["seeds"] == [0, 1, 2]
+    assert json.load(open(tmp_path / "seeds.json")) == json.loads(json.dumps(summary))
+    md = open(tmp_path / "seeds.md").read()
+    assert "| ASL | 0,1,2 | 71.00 ± 1.00 |" in md and "(p = " in md
+    assert os.path.isfile(tmp_path / "seed_2" / "compare.json")
+
+
+def test_seeds_stop_at_an_interrupted_comparison(comparison, tmp_path):
+    def train_fn(config, run_dir, **kwargs):
+        stopped = config.seed == 1
+        return _fake_result(run_dir, interrupted=15 if stopped else None, step=5 if stopped else 10)
+
+    summary = compare.compare_seeds(
+        comparison.config(), tmp_path, ("bce",), (0, 1, 2), train_fn=train_fn, handle_signals=False
+    )
+    assert summary["status"] == "interrupted" and summary["signal"] == 15
+    assert sorted(summary["comparisons"]) == ["0", "1"]  # seed 2 not started
+    assert summary["losses"][0]["seeds"] == [0]
+
+
+@pytest.mark.parametrize("text", ["0,x", "1,1", "-1", ","])
+def test_bad_seeds(text):
+    with pytest.raises(ValueError, match="--seeds="):
+        compare.parse_seeds(text)
