@@ -16,6 +16,12 @@ mean over the others, as during training).
 ``--split=train`` evaluates the training images without augmentation, against the labels the run
 trained on (with ``data.drop_positive_fraction`` those miss the dropped positives).
 
+``--tune_thresholds=train`` (or ``val``) also picks, per class, the threshold that maximises that
+class's F1 on that split (ties: the lower one; a class without positives keeps the run's
+threshold), writes them to ``WORKDIR/thresholds.json`` (used by ``train.predict
+--thresholds=tuned``) and reports CP ... OF1 at them beside the global threshold's. Tuning and
+scoring on the same split flatters the tuned numbers: a warning says so.
+
 Exit status 1 with a one-line message for a missing workdir, no checkpoint, a step without a
 checkpoint, or a checkpoint that cannot be read.
 Single process; the evaluation uses the local devices that divide the evaluation batch size.
@@ -24,12 +30,17 @@ Single process; the evaluation uses the local devices that divide the evaluation
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from asl_jax.metrics import METRIC_LABELS, THRESHOLD_METRICS
 from train.common import RunError, build_source, open_run
+
+SPLITS = ("val", "train")
+#: Where ``--tune_thresholds`` writes the per-class thresholds (in the run's workdir).
+THRESHOLDS_FILE = "thresholds.json"
 
 # What the table prints, in this order (the keys of eval.json).
 METRICS = ("map", *THRESHOLD_METRICS)
@@ -59,6 +70,7 @@ def evaluate_workdir(
     best: bool = False,
     threshold: float | None = None,
     output: str | os.PathLike[str] | None = None,
+    tune_on: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a checkpoint of a run and writes ``eval.json``.
 
@@ -70,12 +82,17 @@ def evaluate_workdir(
       best: the checkpoint of the best validation mAP in ``summary.json``.
       threshold: of CP/CR/CF1/OP/OR/OF1 (default: the run's ``threshold``).
       output: where to write the JSON (default ``workdir/eval.json``); ``""`` writes nothing.
+      tune_on: ``"val"`` or ``"train"``: also tune one threshold per class on that split (the
+        one that maximises the class's F1), write them to ``workdir/thresholds.json`` and report
+        the threshold metrics at them (``tuned``).
 
     Returns:
       The content of ``eval.json``: ``workdir``, ``checkpoint``, ``step``, ``split``, ``model``
       (``"regular"`` or ``"ema"``), ``num_images``, ``num_classes``, ``threshold``, the metrics
       ``map``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` (fractions) and ``per_class``
-      (``class``, ``ap``, ``num_positives`` per class).
+      (``class``, ``ap``, ``num_positives`` per class); with ``tune_on`` also ``tuned``
+      (``split``, ``file``, the threshold metrics at the tuned thresholds, ``warning`` when they
+      were tuned on the evaluated split) and each class's ``threshold`` in ``per_class``.
 
     Raises:
       RunError: missing workdir, no checkpoint, no such step, an unreadable checkpoint, data
@@ -85,8 +102,9 @@ def evaluate_workdir(
     from asl_jax.training.evaluation import metrics, per_class_ap
     from asl_jax.training.records import write_json
 
-    if split not in ("val", "train"):
-        raise ValueError(f"--split={split!r}: expected val or train")
+    for name, value in (("split", split), ("tune_thresholds", tune_on or "val")):
+        if value not in SPLITS:
+            raise ValueError(f"--{name}={value!r}: expected one of {', '.join(SPLITS)}")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold={threshold}: expected a probability in (0, 1)")
     run = open_run(workdir, step=step, best=best, ema=ema)
@@ -118,12 +136,58 @@ def evaluate_workdir(
             for name, a, n in zip(run.class_names, ap, (labels > 0.5).sum(0), strict=True)
         ],
     }
+    if tune_on is not None:
+        result["tuned"] = _tune(run, source, split, tune_on, ema, probs, labels)
+        for entry, value in zip(
+            result["per_class"], result["tuned"].pop("thresholds"), strict=True
+        ):
+            entry["threshold"] = value
     if output is None:
         output = os.path.join(run.workdir, "eval.json")
     if output:
         write_json(output, result)
         result["output"] = os.path.abspath(os.fspath(output))
     return result
+
+
+def _tune(
+    run: Any, source: Any, split: str, tune_on: str, ema: bool, probs: Any, labels: Any
+) -> dict[str, Any]:
+    """Tunes per-class thresholds on ``tune_on``, writes thresholds.json, and scores ``split``."""
+    from asl_jax.metrics import tune_thresholds
+    from asl_jax.training.evaluation import metrics
+    from asl_jax.training.records import write_json
+
+    tune_probs, tune_labels = (
+        (probs, labels) if tune_on == split else predict_split(run, source, tune_on, ema=ema)
+    )
+    known = tune_labels >= 0
+    thresholds = tune_thresholds(
+        tune_probs,
+        np.where(known, tune_labels, 0),
+        where=known,
+        default=float(run.config.threshold),
+    )
+    path = os.path.join(run.workdir, THRESHOLDS_FILE)
+    write_json(
+        path,
+        {
+            "step": run.step,
+            "model": "ema" if ema else "regular",
+            "split": tune_on,
+            "thresholds": dict(zip(run.class_names, thresholds.tolist(), strict=True)),
+        },
+    )
+    scores = metrics(probs, labels, threshold=thresholds)
+    scores.pop("map")  # a ranking metric: thresholds do not change it
+    tuned: dict[str, Any] = {"split": tune_on, "file": path, **scores}
+    tuned["thresholds"] = thresholds.tolist()
+    if tune_on == split:
+        tuned["warning"] = (
+            f"the thresholds were tuned on the {split} split that they are scored on, so these "
+            "metrics are optimistic; tune on another split (--tune_thresholds=train) to report"
+        )
+    return tuned
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -134,11 +198,19 @@ def format_result(result: dict[str, Any]) -> str:
         f"({result['num_images']} images, {result['num_classes']} classes; threshold "
         f"{result['threshold']:g}).",
         "",
-        "| metric | % |",
-        "|---|---|",
     ]
+    tuned = result.get("tuned")
+    if tuned:
+        lines += [
+            f"| metric | % | % at the thresholds tuned on {tuned['split']} |",
+            "|---|---|---|",
+        ]
+    else:
+        lines += ["| metric | % |", "|---|---|"]
     for key in METRICS:
         value = "n/a" if result[key] is None else f"{100 * result[key]:.2f}"
+        if tuned:
+            value += " | " + ("–" if key not in tuned else f"{100 * tuned[key]:.2f}")
         lines.append(f"| {METRIC_LABELS[key]} | {value} |")
     scored = [c for c in result["per_class"] if c["ap"] is not None]
     if scored:
@@ -149,6 +221,8 @@ def format_result(result: dict[str, Any]) -> str:
         ]
     if result.get("output"):
         lines.append(f"Per-class AP and the metrics in {result['output']}.")
+    if tuned:
+        lines.append(f"Per-class thresholds in {tuned['file']} (train.predict --thresholds=tuned).")
     return "\n".join(lines)
 
 
@@ -171,9 +245,12 @@ def main(argv: list[str]) -> int:
             best=f.best,
             threshold=f.threshold,
             output=f.output,
+            tune_on=f.tune_thresholds,
         )
     except (RunError, ValueError) as e:
         return common.error(str(e))
+    if result.get("tuned", {}).get("warning"):
+        print(f"warning: {result['tuned']['warning']}", file=sys.stderr, flush=True)
     print(format_result(result), flush=True)
     return 0
 
@@ -188,6 +265,13 @@ def _define_flags() -> None:
     flags.DEFINE_bool("best", False, "The checkpoint of the best validation mAP (summary.json).")
     flags.DEFINE_float("threshold", None, "Threshold of CP/CR/CF1/OP/OR/OF1 (default: config).")
     flags.DEFINE_string("output", None, "Where to write the JSON (default: WORKDIR/eval.json).")
+    flags.DEFINE_enum(
+        "tune_thresholds",
+        None,
+        list(SPLITS),
+        "Also tune one threshold per class (max F1) on this split, write them to "
+        f"WORKDIR/{THRESHOLDS_FILE} and report the metrics at them.",
+    )
 
 
 if __name__ == "__main__":

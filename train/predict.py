@@ -72,17 +72,41 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[str], list[dict[str, str]
 
 
 def select_labels(
-    probs: np.ndarray, class_names: Sequence[str], *, threshold: float, top_k: int | None = None
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    threshold: float | np.ndarray,
+    top_k: int | None = None,
 ) -> list[dict[str, Any]]:
     """``[{"label", "probability"}]``: classes with ``probs >= threshold``, most probable first.
 
-    Ties keep the class order; ``top_k`` keeps at most that many.
+    ``threshold`` is one number or one per class. Ties keep the class order; ``top_k`` keeps at
+    most that many.
     """
     order = np.argsort(-probs, kind="stable")
-    chosen = [int(k) for k in order if probs[k] >= threshold]
+    per_class = np.broadcast_to(np.asarray(threshold, dtype=np.float64), probs.shape)
+    chosen = [int(k) for k in order if probs[k] >= per_class[k]]
     if top_k is not None:
         chosen = chosen[:top_k]
     return [{"label": class_names[k], "probability": float(probs[k])} for k in chosen]
+
+
+def tuned_thresholds(run: Any) -> np.ndarray:
+    """The per-class thresholds of ``WORKDIR/thresholds.json`` (``train.evaluate
+    --tune_thresholds``), in the run's class order."""
+    from asl_jax.training.records import read_json
+
+    path = os.path.join(run.workdir, "thresholds.json")
+    if not os.path.isfile(path):
+        raise RunError(
+            f"--thresholds=tuned: {path} does not exist; write it with python -m train.evaluate "
+            f"--workdir={run.workdir} --tune_thresholds=train (or =val)"
+        )
+    tuned = read_json(path)["thresholds"]
+    missing = [name for name in run.class_names if name not in tuned]
+    if missing:
+        raise RunError(f"--thresholds=tuned: {path} has no threshold for class(es) {missing[:5]}")
+    return np.array([tuned[name] for name in run.class_names], dtype=np.float64)
 
 
 def predict_files(
@@ -93,6 +117,7 @@ def predict_files(
     top_k: int | None = None,
     ema: bool = False,
     step: int | None = None,
+    thresholds: str = "global",
 ) -> dict[str, Any]:
     """Predicts the labels of image files (and the images of directories) with a trained run.
 
@@ -103,9 +128,12 @@ def predict_files(
       top_k: report at most this many labels per image (default: no limit).
       ema: use the EMA model.
       step: the checkpoint (default: the latest).
+      thresholds: ``"global"`` (one threshold) or ``"tuned"``: the per-class thresholds of
+        ``WORKDIR/thresholds.json``, written by ``train.evaluate --tune_thresholds``.
 
     Returns:
-      ``workdir``, ``step``, ``model``, ``threshold``, ``top_k``, ``predictions`` and ``errors``
+      ``workdir``, ``step``, ``model``, ``threshold`` (a number, or ``"tuned"``), ``top_k``,
+      ``predictions`` and ``errors``
       (see the module docstring).
 
     Raises:
@@ -121,6 +149,10 @@ def predict_files(
         raise ValueError("no image given: pass image files or directories")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+    if thresholds not in ("global", "tuned"):
+        raise ValueError(f"--thresholds={thresholds!r}: expected global or tuned")
+    if thresholds == "tuned" and threshold is not None:
+        raise ValueError("give --threshold or --thresholds=tuned, not both")
     if top_k is not None and top_k < 1:
         raise ValueError(f"--top_k={top_k}: expected an integer >= 1")
     images, errors = expand_inputs(inputs)
@@ -130,6 +162,7 @@ def predict_files(
     # Chunks of a fixed size (the last one padded): one compiled program for all of them.
     chunk = max(1, min(eval_batch_size(config), len(images)))
     run = open_run(workdir, step=step, batch_size=chunk)
+    per_class = tuned_thresholds(run) if thresholds == "tuned" else None
     if threshold is None:
         threshold = float(run.config.threshold)
     size = int(run.config.data.image_size)
@@ -157,7 +190,12 @@ def predict_files(
             predictions.append(
                 {
                     "image": path,
-                    "labels": select_labels(p, run.class_names, threshold=threshold, top_k=top_k),
+                    "labels": select_labels(
+                        p,
+                        run.class_names,
+                        threshold=threshold if per_class is None else per_class,
+                        top_k=top_k,
+                    ),
                     "probabilities": {
                         name: float(v) for name, v in zip(run.class_names, p, strict=True)
                     },
@@ -169,7 +207,7 @@ def predict_files(
         "workdir": run.workdir,
         "step": run.step,
         "model": "ema" if ema else "regular",
-        "threshold": threshold,
+        "threshold": threshold if per_class is None else "tuned",
         "top_k": top_k,
         "predictions": predictions,
         "errors": errors,
@@ -186,9 +224,9 @@ def format_predictions(result: dict[str, Any]) -> str:
             lines += [f"  {x['label']:<{width}}  {x['probability']:.3f}" for x in pred["labels"]]
         else:
             name, p = max(pred["probabilities"].items(), key=lambda item: item[1])
-            lines.append(
-                f"  (no label with p >= {result['threshold']:g}; most probable: {name} {p:.3f})"
-            )
+            threshold = result["threshold"]
+            bound = "its tuned threshold" if threshold == "tuned" else f"{threshold:g}"
+            lines.append(f"  (no label with p >= {bound}; most probable: {name} {p:.3f})")
     return "\n".join(lines)
 
 
@@ -201,7 +239,13 @@ def main(argv: list[str]) -> int:
     f = flags.FLAGS
     try:
         result = predict_files(
-            f.workdir, argv[1:], threshold=f.threshold, top_k=f.top_k, ema=f.ema, step=f.step
+            f.workdir,
+            argv[1:],
+            threshold=f.threshold,
+            top_k=f.top_k,
+            ema=f.ema,
+            step=f.step,
+            thresholds=f.thresholds,
         )
     except (RunError, ValueError) as e:
         return common.error(str(e))
@@ -219,6 +263,12 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("workdir", None, "The run's workdir (of python -m train).", required=True)
     flags.DEFINE_float("threshold", None, "Minimum probability of a label (default: config).")
+    flags.DEFINE_enum(
+        "thresholds",
+        "global",
+        ["global", "tuned"],
+        "global: one threshold; tuned: the per-class ones of WORKDIR/thresholds.json.",
+    )
     flags.DEFINE_integer("top_k", None, "At most this many labels per image.")
     flags.DEFINE_bool("ema", False, "Use the EMA model instead of the regular one.")
     flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")

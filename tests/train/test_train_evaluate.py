@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asl_jax.metrics import METRIC_LABELS, threshold_metrics
-from train.common import RunError
+from train.common import RunError, build_source
 from train.evaluate import METRICS, evaluate_workdir, format_result
 
 
@@ -113,3 +113,61 @@ def test_cli_names_an_unreadable_checkpoint_in_one_line(comparison, tmp_path):
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert line.startswith(f"error: the checkpoint of step 8 ({copy}/checkpoints/8) cannot be read")
     assert line.endswith("; give --step with one of 4")
+
+
+def test_tuned_thresholds_through_evaluate_and_predict(comparison, tmp_path):
+    from PIL import Image
+
+    from asl_jax.metrics import tune_thresholds
+    from asl_jax.training.evaluation import metrics
+    from train.common import open_run
+    from train.evaluate import predict_split
+    from train.predict import predict_files
+
+    copy = tmp_path / "run"
+    shutil.copytree(comparison.run, copy)
+    result = evaluate_workdir(copy, tune_on="train", output="")
+    tuned = result["tuned"]
+    assert tuned["split"] == "train" and "warning" not in tuned
+    run = open_run(copy)
+    source = build_source(run.config)
+    train_probs, train_labels = predict_split(run, source, "train", ema=False)
+    expected = tune_thresholds(train_probs, train_labels, default=0.5)
+    np.testing.assert_allclose([c["threshold"] for c in result["per_class"]], expected)
+    saved = json.load(open(copy / "thresholds.json"))
+    assert saved["split"] == "train" and saved["step"] == 8 and saved["model"] == "regular"
+    by_name = saved["thresholds"]  # keyed by class name
+    assert [by_name[name] for name in run.class_names] == pytest.approx(expected.tolist())
+    val_probs, val_labels = predict_split(run, source, "val", ema=False)
+    at_tuned = metrics(val_probs, val_labels, threshold=expected)
+    for key in ("cp", "cr", "cf1", "op", "or", "of1"):
+        assert tuned[key] == pytest.approx(at_tuned[key]), key
+    # Tuned and scored on one split: flagged as optimistic.
+    same = evaluate_workdir(copy, tune_on="val", output="")["tuned"]
+    assert "optimistic" in same["warning"]
+
+    image = tmp_path / "val0.png"
+    Image.fromarray(source.arrays("val")[0][0]).save(image)
+    predicted = predict_files(copy, [str(image)], thresholds="tuned")
+    assert predicted["threshold"] == "tuned"
+    by_name = json.load(open(copy / "thresholds.json"))["thresholds"]  # now tuned on val
+    probs = predicted["predictions"][0]["probabilities"]
+    chosen = {x["label"] for x in predicted["predictions"][0]["labels"]}
+    assert chosen == {name for name, p in probs.items() if p >= by_name[name]}
+    assert chosen != {name for name, p in probs.items() if p >= 0.5}  # the thresholds matter
+    with pytest.raises(ValueError, match="not both"):
+        predict_files(copy, [str(image)], thresholds="tuned", threshold=0.3)
+    os.remove(copy / "thresholds.json")
+    with pytest.raises(RunError, match=r"thresholds\.json does not exist"):
+        predict_files(copy, [str(image)], thresholds="tuned")
+
+
+def test_cli_tunes_thresholds_and_warns_on_the_same_split(comparison, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(comparison.run, copy)
+    proc = comparison.cli("train.evaluate", f"--workdir={copy}", "--tune_thresholds=val")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: the thresholds were tuned on the val split" in proc.stderr
+    assert "| metric | % | % at the thresholds tuned on val |" in proc.stdout
+    assert f"Per-class thresholds in {copy}/thresholds.json" in proc.stdout
+    assert "| mAP |" in proc.stdout and "| – |" in proc.stdout.split("| mAP |")[1].split("\n")[0]
