@@ -14,9 +14,13 @@ Layout (the format of Kaggle's Planet dataset)::
   ``image_size × image_size`` (bilinear, antialiased), as in the official ASL recipe.
 * ``labels`` are separated by spaces; an empty field is allowed (an image with no positive label).
   Quote the field if a label contains a comma.
+* Partial labels (Open Images style): a CSV may have a third column, ``image,labels,negatives``.
+  Then ``negatives`` lists the classes known to be absent, and a class in neither column is
+  *unknown* for that image (label -1): it is left out of the loss, of Δp and of every metric.
+  Without the column every class that is not listed is a negative. A class may not be in both.
 * Class order: ``classes.txt`` when present (then a training label outside it is an error),
-  otherwise the sorted union of the training labels. A validation label that is not a class is an
-  error, or (``allow_unknown_val_labels``) ignored with a warning.
+  otherwise the sorted union of the training labels (and negatives). A validation label that is
+  not a class is an error, or (``allow_unknown_val_labels``) ignored with a warning.
 
 Before anything trains, **every row is checked** and every problem is reported with its CSV file
 and line: malformed or empty rows, missing files, unreadable or corrupt images, unknown classes.
@@ -50,6 +54,8 @@ CSV_FILES = {"train": "train.csv", "val": "val.csv"}
 #: Checking at least this many images shows a progress bar (when tqdm is installed).
 _PROGRESS_MIN_IMAGES = 2000
 HEADER = ("image", "labels")
+#: The header of a CSV with partial labels: classes in neither column are unknown.
+HEADER_WITH_NEGATIVES = ("image", "labels", "negatives")
 
 
 class FolderDataError(ValueError):
@@ -118,6 +124,11 @@ class _Row:
     image: str  # as written in the CSV
     path: str  # resolved
     labels: tuple[str, ...]
+    negatives: tuple[str, ...] | None = None  # None: no negatives column, unlisted = negative
+
+    def classes(self) -> tuple[str, ...]:
+        """Every class the row names (positive or negative)."""
+        return self.labels + (self.negatives or ())
 
 
 def _parse_csv(directory: str, split: str) -> tuple[list[_Row], list[str], list[str]]:
@@ -132,26 +143,33 @@ def _parse_csv(directory: str, split: str) -> tuple[list[_Row], list[str], list[
         if header is None:
             fatal.append(f"{name}:1: the file is empty (expected the header 'image,labels').")
             return rows, problems, fatal
-        if tuple(h.strip().lower() for h in header) != HEADER:
-            fatal.append(f"{name}:1: the header must be 'image,labels', got {','.join(header)!r}.")
+        columns = tuple(h.strip().lower() for h in header)
+        if columns not in (HEADER, HEADER_WITH_NEGATIVES):
+            fatal.append(
+                f"{name}:1: the header must be 'image,labels' or 'image,labels,negatives', got "
+                f"{','.join(header)!r}."
+            )
+        width = len(HEADER_WITH_NEGATIVES if columns == HEADER_WITH_NEGATIVES else HEADER)
         for record in reader:
             line = reader.line_num
             fields = [field.strip() for field in record]
             if not any(fields):
                 problems.append(f"{name}:{line}: empty row.")
                 continue
-            if len(fields) != 2:
+            if len(fields) != width:
                 problems.append(
-                    f"{name}:{line}: expected 2 fields (image,labels), got {len(fields)}: "
-                    f"{','.join(record)!r} (quote the labels field if a label contains a comma)."
+                    f"{name}:{line}: expected {width} fields ({','.join(columns[:width])}), got "
+                    f"{len(fields)}: {','.join(record)!r} (quote a field if a label contains a "
+                    "comma)."
                 )
                 continue
-            image, labels = fields
+            image, labels = fields[:2]
+            negatives = tuple(dict.fromkeys(fields[2].split())) if width == 3 else None
             if not image:
                 problems.append(f"{name}:{line}: the image path is empty.")
                 continue
             path = os.path.normpath(os.path.join(directory, os.path.expanduser(image)))
-            rows.append(_Row(line, image, path, tuple(dict.fromkeys(labels.split()))))
+            rows.append(_Row(line, image, path, tuple(dict.fromkeys(labels.split())), negatives))
     return rows, problems, fatal
 
 
@@ -202,19 +220,26 @@ def _check_labels(
 ) -> None:
     """Flags rows with labels outside ``classes`` (or drops such validation labels, if allowed)."""
     class_set = set(classes)
+    for split, split_rows in rows.items():
+        for i, row in enumerate(split_rows):
+            both = sorted(set(row.labels) & set(row.negatives or ()))
+            if both:
+                flag(split, i, f"class(es) {both} listed both as labels and as negatives.")
     for i, row in enumerate(rows["train"]):
-        unknown = [label for label in row.labels if label not in class_set]
+        unknown = [label for label in row.classes() if label not in class_set]
         if unknown:
             flag("train", i, f"unknown class(es) {unknown} (not in classes.txt).")
     ignored: dict[str, int] = {}
     for i, row in enumerate(rows["val"]):
-        unknown = [label for label in row.labels if label not in class_set]
+        unknown = [label for label in row.classes() if label not in class_set]
         if not unknown:
             continue
         if allow_unknown_val_labels:
             for label in unknown:
                 ignored[label] = ignored.get(label, 0) + 1
             row.labels = tuple(label for label in row.labels if label in class_set)
+            if row.negatives is not None:
+                row.negatives = tuple(label for label in row.negatives if label in class_set)
         else:
             flag(
                 "val",
@@ -363,7 +388,7 @@ class FolderSource(IndexedSource):
         classes, class_problems = _read_classes(directory)
         fatal += class_problems
         if classes is None:
-            classes = sorted({label for row in rows["train"] for label in row.labels})
+            classes = sorted({label for row in rows["train"] for label in row.classes()})
 
         def flag(split: str, i: int, message: str) -> None:
             bad[split].setdefault(i, []).append(message)
@@ -398,6 +423,9 @@ class FolderSource(IndexedSource):
         for split, split_rows in self._rows.items():
             labels = np.zeros((len(split_rows), self.num_classes), np.float32)
             for i, row in enumerate(split_rows):
+                if row.negatives is not None:  # partial labels: unlisted classes are unknown
+                    labels[i] = -1.0
+                    labels[i, [index[c] for c in row.negatives]] = 0.0
                 labels[i, [index[c] for c in row.labels]] = 1.0
             self._labels[split] = labels
             if self._images is not None:
@@ -412,7 +440,7 @@ class FolderSource(IndexedSource):
         return len(self._rows[check_split(split)])
 
     def labels(self, split: str) -> np.ndarray:
-        """float32 [N, K] multi-hot labels of ``split``."""
+        """float32 [N, K] labels of ``split``: 1 positive, 0 negative, -1 unknown."""
         return self._labels[check_split(split)]
 
     def gather(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -680,6 +680,7 @@ def _finish(run: _Run, interrupted: int | None) -> TrainResult:
             "checkpoint": run.ckpt.path(run.last_saved) if run.last_saved is not None else None,
             "num_devices": run.mesh.size,
             "num_processes": jax.process_count(),
+            "unknown_labels": _unknown_labels(run.source),
         },
     )
     if jax.process_index() == 0:
@@ -692,6 +693,21 @@ def _finish(run: _Run, interrupted: int | None) -> TrainResult:
         except Exception as e:  # plots are a convenience: never lose a run to them
             _log(f"warning: could not write plots: {e!r}")
     return TrainResult(run.state, summary, list(run.log.records), interrupted, run.workdir)
+
+
+def _unknown_labels(source: DataSource) -> dict[str, int] | None:
+    """Per split, how many label entries are unknown (-1: left out of the loss, Δp and the
+    metrics); None when the source does not expose its labels."""
+    counts = {}
+    for split in ("train", "val"):
+        if hasattr(source, "labels"):
+            labels = source.labels(split)
+        elif hasattr(source, "arrays"):
+            labels = source.arrays(split)[1]
+        else:
+            return None
+        counts[split] = int(np.count_nonzero(np.asarray(labels) < 0))
+    return counts
 
 
 def _pct(value: float | None) -> str:

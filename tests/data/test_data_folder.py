@@ -1,6 +1,7 @@
 """The ``folder`` source: happy path, image modes, class order, and every error case."""
 
 import logging
+import re
 
 import ml_collections
 import numpy as np
@@ -257,3 +258,92 @@ def test_a_folder_with_fewer_images_than_devices_is_refused(tmp_path):
     config = _small_folder_run_config(_dataset(tmp_path, GOOD_TRAIN, GOOD_VAL))  # 5 < 8 devices
     with pytest.raises(ConfigError, match=r"5 example\(s\), fewer than the 8 devices"):
         train_and_evaluate(config, tmp_path / "run", handle_signals=False)
+
+
+# Partial labels: a negatives column; a class in neither column is unknown (-1).
+PARTIAL_TRAIN = [
+    "img/red.jpg,red warm,green",  # grey, blue, cold unknown
+    "img/green.png,green,red warm grey blue cold",  # fully labelled
+    "img/grey.png,grey,",  # nothing known to be absent: every other class unknown
+    "img/clear.png,,red green grey blue warm cold",  # fully labelled, no positive
+    "img/blue_palette.png,blue cold,red",
+]
+PARTIAL_VAL = ["img/grey.jpg,grey,red green", "img/red.jpg,warm red,blue"]
+
+
+def _partial_dataset(root, repeat=1):
+    path = _dataset(root, [], [])
+    (root / "train.csv").write_text(
+        "image,labels,negatives\n" + "".join(r + "\n" for r in PARTIAL_TRAIN * repeat)
+    )
+    (root / "val.csv").write_text(
+        "image,labels,negatives\n" + "".join(r + "\n" for r in PARTIAL_VAL)
+    )
+    return path
+
+
+def test_a_negatives_column_makes_unlisted_classes_unknown(tmp_path):
+    src = FolderSource(_partial_dataset(tmp_path), image_size=8)
+    assert src.class_names == ("blue", "cold", "green", "grey", "red", "warm")
+    expected = np.array(
+        [
+            [-1, -1, 0, -1, 1, 1],
+            [0, 0, 1, 0, 0, 0],
+            [-1, -1, -1, 1, -1, -1],
+            [0, 0, 0, 0, 0, 0],
+            [1, 1, -1, -1, 0, -1],
+        ],
+        np.float32,
+    )
+    np.testing.assert_array_equal(src.labels("train"), expected)
+    np.testing.assert_array_equal(src.labels("val"), [[-1, -1, 0, 1, 0, -1], [0, -1, -1, -1, 1, 1]])
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ("img/red.jpg,red,red green", r"train\.csv:2: class\(es\) \['red'\] listed both"),
+        ("img/red.jpg,red,purple", r"train\.csv:2: unknown class\(es\) \['purple'\]"),
+        ("img/red.jpg,red", r"train\.csv:2: expected 3 fields \(image,labels,negatives\), got 2"),
+    ],
+)
+def test_bad_negatives(tmp_path, row, match):
+    path = _dataset(tmp_path, [], GOOD_VAL, classes=["red", "green", "grey", "warm"])
+    (tmp_path / "train.csv").write_text(f"image,labels,negatives\n{row}\n")
+    with pytest.raises(FolderDataError) as info:
+        FolderSource(path, image_size=8)
+    assert any(re.search(match, p) for p in info.value.problems), info.value.problems
+
+
+def test_unknown_labels_get_exactly_zero_gradient_and_are_counted(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from asl_jax.losses import reduce_loss
+    from asl_jax.training.loop import train_and_evaluate
+    from asl_jax.training.step import LossConfig, elementwise_loss, known_labels
+
+    path = _partial_dataset(tmp_path, repeat=2)  # 10 images: one per simulated device at least
+    src = FolderSource(path, image_size=8)
+    _, raw = src.gather("train", np.arange(10))
+    targets, where = known_labels({"labels": jnp.asarray(raw)})
+    logits = jax.random.normal(jax.random.key(0), raw.shape) * 3
+
+    def loss(logits):
+        # No margin: with m = 0.05 a known easy negative also gets zero gradient.
+        value = elementwise_loss(logits, targets, LossConfig(clip=0.0), 4.0)
+        return reduce_loss(value, "batchmean", where=where)
+
+    grad = np.asarray(jax.grad(loss)(logits))
+    assert np.all(grad[raw < 0] == 0.0)
+    assert np.all(grad[raw >= 0] != 0.0)
+
+    # Through training: the run counts the unknown entries and trains on the known ones.
+    config = _small_folder_run_config(path)
+    config.num_steps = 2
+    result = train_and_evaluate(config, tmp_path / "run", handle_signals=False)
+    assert result.summary["unknown_labels"] == {
+        "train": int((raw < 0).sum()),
+        "val": int((src.labels("val") < 0).sum()),
+    }
+    assert result.summary["status"] == "completed" and result.summary["num_skipped"] == 0
