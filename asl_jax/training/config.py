@@ -55,6 +55,7 @@ FIELDS: dict[str, str] = {
     "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
     "progress_bar": "show a progress bar (process 0)",
     "tensorboard": "also write the records as TensorBoard event files in the workdir",
+    "profile_steps": "trace this many steps with jax.profiler into WORKDIR/profile (0 = off)",
     "loss.name": "bce, focal or asl",
     "loss.gamma_pos": "γ+ of ASL",
     "loss.gamma_neg": "γ− of ASL (the initial value when adaptive)",
@@ -87,6 +88,7 @@ OPERATIONAL_FIELDS = frozenset(
         "max_consecutive_nonfinite",
         "progress_bar",
         "tensorboard",
+        "profile_steps",
         "eval_batch_size",
         "threshold",
         "data.path",
@@ -319,6 +321,7 @@ def _check_run(
     check.integer("max_consecutive_nonfinite", 1)
     check.boolean("progress_bar")
     check.boolean("tensorboard")
+    check.integer("profile_steps", 0)
     for field in ("batch_size", "eval_batch_size"):
         value = flat[field]
         if value == 0:

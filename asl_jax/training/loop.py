@@ -60,6 +60,9 @@ from asl_jax.training.state import TrainState, create_train_state
 from asl_jax.training.step import AugmentConfig, LossConfig, eval_step, train_step
 
 #: Keys of a train record in metrics.jsonl (besides "kind", "step", "epoch", "elapsed").
+#: Fields of the records that measure wall-clock time (they differ between identical runs).
+TIMING_KEYS = frozenset({"elapsed", "steps_per_s", "images_per_s", "eta_s"})
+
 TRAIN_KEYS = (
     "loss",
     "gamma_neg",
@@ -137,6 +140,7 @@ NON_PROGRAM_FIELDS = frozenset(
         "threshold",
         "progress_bar",
         "tensorboard",
+        "profile_steps",
     }
 )
 
@@ -518,6 +522,8 @@ class _TrainRecords:
         self.run = run
         self.pending: list[tuple[int, dict[str, jax.Array]]] = []
         self.num_skipped = int(jax.device_get(run.state.num_skipped))
+        # Speed of this session, from the first fetch on (compilation is not counted).
+        self.rate = progress.StepRate(int(run.config.batch_size))
 
     def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
         self.pending.append((step, metrics))
@@ -527,8 +533,10 @@ class _TrainRecords:
         ``nonfinite_limit`` non-finite steps, and returns that step (None when there is none)."""
         run = self.run
         fetched = jax.device_get([m for _, m in self.pending])
-        if run.progress is not None and self.pending:
-            run.progress.synced(self.pending[-1][0])  # the fetch waited for that step
+        if self.pending:
+            self.rate.mark(self.pending[-1][0])  # the fetch waited for that step
+            if run.progress is not None:
+                run.progress.synced(self.pending[-1][0])
         for (step, _), m in zip(self.pending, fetched, strict=True):
             self.num_skipped += int(m["skipped"])
             if itstime(step, int(run.config.log_every), run.total_steps):
@@ -546,6 +554,10 @@ class _TrainRecords:
         record.update({k: float(metrics[k]) for k in TRAIN_KEYS})
         record["skipped"] = int(metrics["skipped"])
         record["num_skipped"] = self.num_skipped
+        steps_per_s = self.rate.steps_per_second()  # None until two fetches of this session
+        record["steps_per_s"] = steps_per_s
+        record["images_per_s"] = None if steps_per_s is None else steps_per_s * self.rate.batch_size
+        record["eta_s"] = None if steps_per_s is None else (run.total_steps - step) / steps_per_s
         run.log.write(record)
         if run.progress is not None:
             run.progress.set_metrics(
@@ -617,12 +629,45 @@ def _interruption(stop: _StopFlag, by_request: bool) -> int | None:
     return 0 if by_request else int(signal.SIGTERM)
 
 
+class _Profiler:
+    """A ``jax.profiler`` trace of ``profile_steps`` steps into ``WORKDIR/profile`` (process 0).
+
+    It starts after the session's first step, which compiles the program, so the trace shows
+    steady-state steps; open it with TensorBoard's Profile tab or Perfetto (``*.trace.json.gz``).
+    """
+
+    def __init__(self, run: _Run, first_step: int):
+        steps = int(run.config.profile_steps) if jax.process_index() == 0 else 0
+        self.directory = os.path.join(run.workdir, "profile")
+        self.start = first_step + 1 if steps > 0 else None
+        self.stop = first_step + 1 + steps
+        self.active = False
+
+    def after_step(self, step: int, state: TrainState) -> None:
+        if self.start is None:
+            return
+        if step == self.start:
+            jax.block_until_ready(state)  # the trace holds the next steps only
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+        elif self.active and step >= self.stop:
+            self.finish(state)
+
+    def finish(self, state: TrainState) -> None:
+        if self.active:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.active = False
+            _log(f"Profile of steps {self.start + 1}-{self.stop} in {self.directory}.")
+
+
 def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | None:
     """Steps until the end or an interruption; returns the interrupting signal (or None)."""
     config, total = run.config, run.total_steps
     eval_every = eval_interval(int(config.eval_every), total)
     records = _TrainRecords(run)
     step = run.step
+    profiler = _Profiler(run, step)
     interrupted: int | None = None
     _log(
         f"Training {config.model.name} on {run.source.name} ({run.source.num_classes} classes) "
@@ -637,6 +682,7 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
             )
             step += 1
             records.add(step, metrics)
+            profiler.after_step(step, run.state)
             if run.progress is not None:
                 run.progress.update(1)
             at_log = itstime(step, int(config.log_every), total)
@@ -657,6 +703,7 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
                 run.save()
             if interrupted is not None or step >= total:
                 break
+    profiler.finish(run.state)
     _check_finite(run, records)
     if interrupted is not None and run.last_saved != step:
         run.save()

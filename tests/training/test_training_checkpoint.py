@@ -15,7 +15,7 @@ from test_training_loop import tiny_config
 
 from asl_jax.training import loop
 from asl_jax.training.checkpoint import Checkpointer, UnreadableCheckpointError, read_error
-from asl_jax.training.loop import train_and_evaluate
+from asl_jax.training.loop import TIMING_KEYS, train_and_evaluate
 from asl_jax.training.state import checkpoint_items
 from train.common import RunError
 from train.evaluate import evaluate_workdir
@@ -61,7 +61,7 @@ def _best_config(cache_dir):
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k != "elapsed"} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def _assert_same_state(a, b):

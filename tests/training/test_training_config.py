@@ -85,6 +85,8 @@ def _set(config, dotted, value):
         ("threshold", 0.0, "threshold=0.0"),
         ("max_consecutive_nonfinite", 0, "max_consecutive_nonfinite=0"),
         ("progress_bar", 1, "progress_bar=1: expected True or False"),
+        ("tensorboard", "yes", "tensorboard='yes': expected True or False"),
+        ("profile_steps", -1, "profile_steps=-1: expected an integer >= 0"),
         ("data.name", "imagenet", "data.name must be one of"),
         ("data.image_size", 4, "data.image_size must be an int >= 8"),
         ("augment.cutout", 2.0, "augment.cutout must be a probability"),

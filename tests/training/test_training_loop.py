@@ -17,6 +17,7 @@ from asl_jax.data import create_source
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.loop import (
     NON_PROGRAM_FIELDS,
+    TIMING_KEYS,
     NonFiniteError,
     WorkdirConfigError,
     itstime,
@@ -61,11 +62,13 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, cache_dir):
     workdir = tmp_path_factory.mktemp("reference")
-    return train_and_evaluate(tiny_config(cache_dir), workdir, handle_signals=False)
+    config = tiny_config(cache_dir)
+    config.profile_steps = 2  # operational: the resumed runs compared with it do not profile
+    return train_and_evaluate(config, workdir, handle_signals=False)
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k != "elapsed"} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def test_workdir_files(reference):
@@ -79,6 +82,11 @@ def test_workdir_files(reference):
     assert [r["step"] for r in train] == list(range(1, 11))
     for key in ("loss", "gamma_neg", "delta_p", "pos_mean", "neg_mean", "lr", "grad_norm"):
         assert all(isinstance(r[key], float) for r in train), key
+    # Speed from the second fetch of a session on (the first one includes compilation).
+    assert train[0]["images_per_s"] is None
+    for r in train[1:]:
+        assert r["images_per_s"] == pytest.approx(r["steps_per_s"] * config["batch_size"])
+        assert r["eta_s"] == pytest.approx((10 - r["step"]) / r["steps_per_s"])
     assert [r["step"] for r in evals] == [5, 10]
     for key in ("map", "map_ema", "cf1", "of1", "cf1_ema", "of1_ema"):
         assert all(0.0 <= r[key] <= 1.0 for r in evals), key
@@ -88,6 +96,8 @@ def test_workdir_files(reference):
     assert summary["best_map"] == max(r["map"] for r in evals)
     assert summary["final_gamma_neg"] == train[-1]["gamma_neg"]
     assert summary["config_name"] == "default" and summary["wall_time_s"] > 0
+    # profile_steps=2: a trace of steps 2 and 3 (after the compiling first step).
+    assert glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.xplane.pb"))
     # TensorBoard shows the same evaluations (the event files are read in test_training_records).
     assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
     # The 2 latest checkpoints, and those of the best evaluations (the first one, at step 5, is

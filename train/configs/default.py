@@ -70,4 +70,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.threshold = 0.5
     config.progress_bar = True
     config.tensorboard = True  # event files in the workdir: tensorboard --logdir runs/
+    config.profile_steps = 0  # > 0: a jax.profiler trace of that many steps in WORKDIR/profile
     return config
