@@ -266,6 +266,12 @@ def test_invalid_config_fails_before_training_with_the_field_named(tmp_path):
         ),
         ("train.evaluate", [], "flag --workdir=None: Flag --workdir must have a value"),
         ("train.predict", ["--workdir=x", "--jsn"], "unknown flag --jsn; did you mean --json?"),
+        (
+            "train.sweep",
+            ["--grid=loss.clip=0,0.1", "--config.loss.gama_neg=1"],
+            "unknown config key loss.gama_neg; did you mean loss.gamma_neg?",
+        ),
+        ("train.sweep", ["--gird=loss.clip=0"], "unknown flag --gird; did you mean --grid?"),
     ],
 )
 def test_a_bad_command_line_gets_one_line_and_exit_status_2(module, args, expected, tmp_path):

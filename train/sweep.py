@@ -1,0 +1,268 @@
+"""``python -m train.sweep``: ASL over a grid of γ−, γ+ and margin, with seeds and error bars.
+
+The question the paper's ablations answer, on your data: which γ− and which probability margin
+m? Every point of the grid trains ASL once per seed, through the same code as
+``python -m train.compare --seeds`` (one comparison of the single loss ``asl`` per point):
+
+    python -m train.sweep --grid=loss.gamma_neg=0,1,2,4,6 --grid=loss.clip=0,0.05,0.1,0.2
+    python -m train.sweep --grid=loss.gamma_neg=2,4 --seeds=0,1,2 --config.num_steps=512
+
+``--grid=KEY=V1,V2,...`` takes one of the fields ASL reads that are numbers (``loss.gamma_neg``,
+``loss.gamma_pos``, ``loss.clip``); several ``--grid`` flags span their product. Each point's
+runs live in ``WORKDIR/<key=value,...>/seed_<s>/asl/`` (complete training workdirs). Results in
+``WORKDIR``:
+
+- ``sweep.json``: per point its settings and, over the seeds whose run completed, the mean,
+  standard deviation and values of the final mAP, EMA mAP, CF1 and OF1; failed runs are listed;
+- ``sweep.md``: the table and the command;
+- ``plots/map_vs_<key>.png`` for each swept key: mAP against that key, one line per value of the
+  other swept keys, error bars = standard deviation over seeds (when several ran).
+
+A failed run is reported and the others still run (exit status 1 at the end). Rerunning the same
+command reuses finished runs and resumes interrupted ones; Ctrl-C / SIGTERM stops at a step
+boundary with a checkpoint and exits with 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from asl_jax.training.loss_registry import loss_spec
+from asl_jax.training.step import LossConfig
+from train.compare import SEED_METRICS, compare_seeds, parse_seeds
+
+#: The loss a sweep trains.
+SWEPT_LOSS = "asl"
+#: Keys ``--grid`` accepts: the fields the swept loss reads (loss registry) that are numbers.
+GRID_KEYS = tuple(
+    sorted(
+        f"loss.{name}"
+        for name in loss_spec(SWEPT_LOSS).fields
+        if isinstance(getattr(LossConfig(), name), float)
+    )
+)
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, tuple[float, ...]]:
+    """``["loss.gamma_neg=0,2,4", "loss.clip=0,0.05"]`` -> ``{key: values}``, in flag order."""
+    from train.common import did_you_mean
+
+    grid: dict[str, tuple[float, ...]] = {}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        key = key.strip()
+        if not sep or key not in GRID_KEYS:
+            hint = did_you_mean(key, GRID_KEYS) if sep else "expected KEY=V1,V2,..."
+            raise ValueError(
+                f"--grid={spec!r}: {hint or 'unknown key'} (keys: {', '.join(GRID_KEYS)})"
+            )
+        if key in grid:
+            raise ValueError(f"--grid: {key} is given twice")
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--grid={spec!r}: the values must be numbers") from None
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"--grid={spec!r}: expected distinct numbers, e.g. {key}=0,1,2")
+        grid[key] = values
+    if not grid:
+        raise ValueError(f"give at least one --grid=KEY=V1,V2,... (keys: {', '.join(GRID_KEYS)})")
+    return grid
+
+
+def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """Every combination of the grid's values (the last key varies fastest)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def point_name(point: Mapping[str, float]) -> str:
+    """The directory of a point: ``gamma_neg=4,clip=0.05``."""
+    return ",".join(f"{key.split('.', 1)[1]}={value:g}" for key, value in point.items())
+
+
+def sweep(
+    base_config: Any,
+    workdir: str | os.PathLike[str],
+    grid: Mapping[str, Sequence[float]],
+    seeds: Sequence[int],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Trains ASL at every grid point once per seed; writes sweep.json, sweep.md and plots/.
+
+    Args:
+      base_config: the shared config; the grid's keys are set per point, ``seed`` per run.
+      workdir: where the points and the results go.
+      grid: key -> values (see :func:`parse_grid`).
+      seeds: the seeds of every point.
+      **kwargs: passed to :func:`train.compare.compare` (``command``, ``train_fn``, ...).
+
+    Returns:
+      The content of sweep.json: ``command``, ``grid``, ``seeds``, ``status`` (``completed``,
+      ``failed``, ``interrupted``), ``signal`` and ``points`` (``settings``, ``dir``, ``seeds``
+      completed, ``failed`` seeds, and per metric of :data:`train.compare.SEED_METRICS` the mean,
+      std, values and n, or None).
+    """
+    from asl_jax.training.records import write_json
+
+    workdir = os.path.abspath(os.fspath(workdir))
+    kwargs.setdefault("command", shlex.join(["python", "-m", "train.sweep", *sys.argv[1:]]))
+    points, status, signal = [], "completed", None
+    for point in grid_points(grid):
+        entry: dict[str, Any] = {"settings": dict(point), "dir": point_name(point)}
+        if signal is None:
+            config = base_config.copy_and_resolve_references()
+            for key, value in point.items():
+                config.loss[key.split(".", 1)[1]] = value
+            summary = compare_seeds(
+                config, os.path.join(workdir, entry["dir"]), (SWEPT_LOSS,), seeds, **kwargs
+            )
+            (result,) = summary["losses"]
+            entry["seeds"] = result["seeds"]
+            entry["failed"] = [s for s in seeds if s not in result["seeds"]]
+            entry.update({key: result[key] for key in SEED_METRICS})
+            if summary["status"] == "interrupted":
+                status, signal = "interrupted", summary["signal"]
+            elif summary["status"] == "failed" and status == "completed":
+                status = "failed"
+        else:
+            entry.update(seeds=[], failed=[], **dict.fromkeys(SEED_METRICS))
+        points.append(entry)
+    result = {
+        "command": kwargs["command"],
+        "grid": {key: list(values) for key, values in grid.items()},
+        "seeds": list(seeds),
+        "status": status,
+        "signal": signal,
+        "points": points,
+    }
+    write_json(os.path.join(workdir, "sweep.json"), result)
+    with open(os.path.join(workdir, "sweep.md"), "w", encoding="utf-8") as f:
+        f.write(format_markdown(result))
+    plot_sweep(result, os.path.join(workdir, "plots"))
+    return result
+
+
+def _cell(metric: Mapping[str, Any] | None) -> str:
+    if metric is None:
+        return "–"
+    sd = "" if metric["std"] is None else f" ± {100 * metric['std']:.2f}"
+    return f"{100 * metric['mean']:.2f}{sd}"
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """The Markdown table: one row per grid point, mean ± sd over seeds (×100)."""
+    keys = list(result["grid"])
+    header = [*keys, "seeds", "mAP", "EMA mAP", "CF1", "OF1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for p in result["points"]:
+        settings = [f"{p['settings'][key]:g}" for key in keys]
+        seeds = ",".join(map(str, p["seeds"])) or "none"
+        if p["failed"]:
+            seeds += f" (failed: {','.join(map(str, p['failed']))})"
+        cells = [_cell(p[key]) for key in SEED_METRICS]
+        lines.append("| " + " | ".join([*settings, seeds, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def format_markdown(result: Mapping[str, Any]) -> str:
+    return (
+        f"# ASL sweep\n\n```\n{result['command']}\n```\n\n{format_table(result)}\n\n"
+        "Final validation mAP (regular and EMA model), CF1 and OF1 in %: mean ± sample standard "
+        "deviation over the seeds whose run completed.\n"
+    )
+
+
+def plot_sweep(result: Mapping[str, Any], out_dir: str) -> list[str]:
+    """``map_vs_<key>.png`` per swept key: mAP against it, a line per value of the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asl_jax.training.plots import save_figure
+
+    os.makedirs(out_dir, exist_ok=True)
+    keys, written = list(result["grid"]), []
+    for key in keys:
+        others = [k for k in keys if k != key]
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        groups: dict[tuple[float, ...], list[Mapping[str, Any]]] = {}
+        for p in result["points"]:
+            if p["final_map"] is not None:
+                groups.setdefault(tuple(p["settings"][k] for k in others), []).append(p)
+        for rest, members in groups.items():
+            members.sort(key=lambda p: p["settings"][key])
+            xs = [p["settings"][key] for p in members]
+            ys = [100 * p["final_map"]["mean"] for p in members]
+            errors = [100 * (p["final_map"]["std"] or 0.0) for p in members]
+            names = [f"{k.split('.', 1)[1]}={v:g}" for k, v in zip(others, rest, strict=True)]
+            label = ", ".join(names) or None
+            ax.errorbar(xs, ys, yerr=errors, marker="o", capsize=3, label=label)
+        ax.set(xlabel=key, ylabel="final validation mAP (%)", title=f"mAP against {key}")
+        ax.grid(alpha=0.3)
+        if others and groups:
+            ax.legend()
+        written.append(
+            save_figure(fig, os.path.join(out_dir, f"map_vs_{key.split('.', 1)[1]}.png"))
+        )
+    return written
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from train import common
+
+    common.no_positional_args(argv)
+    common.quiet_logging()
+    f = flags.FLAGS
+    try:
+        grid = parse_grid(f.grid or [])
+        seeds = parse_seeds(f.seeds) if f.seeds else (int(f.config.seed),)
+    except ValueError as e:
+        return common.error(str(e), status=2)
+    from asl_jax.training.config import ConfigError, validate_config
+    from train.compare import loss_config
+
+    try:
+        validate_config(loss_config(f.config, SWEPT_LOSS))
+        result = sweep(f.config, f.workdir, grid, seeds)
+    except ConfigError as e:
+        return common.error(str(e))
+    except ValueError as e:  # the data source cannot be built
+        return common.error(f"data.name={f.config.data.name!r}: {e}")
+    print(format_table(result), flush=True)
+    print(f"Results in {os.path.abspath(f.workdir)}: sweep.json, sweep.md, plots/.", flush=True)
+    if result["status"] == "interrupted":
+        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
+        return 128 + int(result["signal"])
+    if result["status"] == "failed":
+        return common.error("some runs failed (see sweep.md and each point's compare.md)")
+    return 0
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    from train import common
+
+    common.define_config_flag()
+    flags.DEFINE_string("workdir", "runs/sweep", "Where the runs and the results go.")
+    flags.DEFINE_multi_string(
+        "grid", None, f"KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; repeat for a product."
+    )
+    flags.DEFINE_string(
+        "seeds", "", "Comma-separated seeds of every point (default: the config's)."
+    )
+
+
+if __name__ == "__main__":
+    from train import common
+
+    common.run(main, _define_flags)
