@@ -22,7 +22,12 @@ from asl_jax.data import (
 )
 from asl_jax.losses import REDUCTIONS
 from asl_jax.models import DTYPE_NAMES, MODEL_NAMES
-from asl_jax.training.loss_registry import LOSS_NAMES, LOSSES
+from asl_jax.training.loss_registry import (
+    INVERSE_FREQUENCY,
+    LOSS_NAMES,
+    LOSSES,
+    parse_class_weights,
+)
 from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
 
 #: Every field of the training config, with a one-line description (the README's table).
@@ -63,6 +68,8 @@ FIELDS: dict[str, str] = {
     "loss.clip": "probability margin m of ASL, in [0, 1)",
     "loss.detach_focal_weight": "compute the focusing weights without gradient (official code)",
     "loss.reduction": "sum (official), batchmean (sum / batch size) or mean",
+    "loss.class_weights": "per-class loss weights: '' (none), 'inverse_frequency' or '1,2.5,...'",
+    "loss.pos_weight": "weight of the loss of positive labels (1 = none)",
     "loss.adaptive": "adapt γ− during training towards loss.delta_p_target (ASL only)",
     "loss.delta_p_target": "target Δp = p̄− − p̄+ of the adaptive rule (paper: 0.1)",
     "loss.adaptive_step_size": "λ of the adaptive rule γ− ← γ− + λ (Δp − target)",
@@ -270,6 +277,15 @@ def _check_loss(check: _Checker, flat: dict[str, Any]) -> None:
     check.real("loss.clip", 0.0, 1.0, hi_open=True)
     check.boolean("loss.detach_focal_weight")
     check.boolean("loss.adaptive")
+    check.real("loss.pos_weight", 0.0, math.inf, lo_open=True, hi_open=True)
+    weights = flat["loss.class_weights"]
+    if not isinstance(weights, str):
+        raise _fail("loss.class_weights", weights, "a string: '', 'inverse_frequency' or '1,2,...'")
+    if weights != INVERSE_FREQUENCY:
+        try:
+            parse_class_weights(weights)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     check.real("loss.delta_p_target", -1.0, 1.0)
     check.real("loss.adaptive_step_size", 0.0, math.inf, lo_open=True, hi_open=True)
     check.real("loss.adaptive_min_gamma_neg", 0.0, math.inf, hi_open=True)

@@ -54,6 +54,11 @@ from asl_jax.training.config import (
     validate_config,
 )
 from asl_jax.training.evaluation import eval_batch_size, evaluate
+from asl_jax.training.loss_registry import (
+    INVERSE_FREQUENCY,
+    parse_class_weights,
+    resolve_class_weights,
+)
 from asl_jax.training.optim import create_optimizer, create_schedule
 from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.state import TrainState, create_train_state
@@ -389,6 +394,7 @@ def _setup(
         except ValueError as e:  # bad folder rows, TFDS dataset not prepared...
             raise ConfigError(f"data.name={config.data.name!r}: {e}") from e
     config = _fit_batch_size(config, source, mesh)
+    config = _resolve_class_weights(config, source)
     try:
         epoch_steps = steps_per_epoch(source, int(config.batch_size))
     except ValueError as e:
@@ -457,6 +463,30 @@ def _fit_batch_size(config: Any, source: DataSource, mesh: jax.sharding.Mesh) ->
     )
     config = copy.deepcopy(config)
     config.batch_size = fitted
+    return config
+
+
+def _resolve_class_weights(config: Any, source: DataSource) -> Any:
+    """``config``, or a copy whose ``loss.class_weights='inverse_frequency'`` holds the weights
+    derived from the train labels (recorded in ``config.json``); checks their number."""
+    text = str(config.loss.class_weights)
+    if text == INVERSE_FREQUENCY:
+        labels = _split_labels(source, "train")
+        if labels is None:
+            raise ConfigError(
+                f"loss.class_weights='inverse_frequency' needs the train labels, which "
+                f"data.name={config.data.name!r} does not expose: give one weight per class"
+            )
+        resolved = resolve_class_weights(text, labels)
+        _log(f"loss.class_weights='inverse_frequency': {resolved} (recorded in config.json).")
+        config = copy.deepcopy(config)
+        config.loss.class_weights = resolved
+    count = len(parse_class_weights(str(config.loss.class_weights)))
+    if count and count != source.num_classes:
+        raise ConfigError(
+            f"loss.class_weights has {count} weights; data.name={config.data.name!r} has "
+            f"{source.num_classes} classes (one weight per class, in the order of classes.txt)"
+        )
     return config
 
 
@@ -747,14 +777,20 @@ def _unknown_labels(source: DataSource) -> dict[str, int] | None:
     metrics); None when the source does not expose its labels."""
     counts = {}
     for split in ("train", "val"):
-        if hasattr(source, "labels"):
-            labels = source.labels(split)
-        elif hasattr(source, "arrays"):
-            labels = source.arrays(split)[1]
-        else:
+        labels = _split_labels(source, split)
+        if labels is None:
             return None
-        counts[split] = int(np.count_nonzero(np.asarray(labels) < 0))
+        counts[split] = int(np.count_nonzero(labels < 0))
     return counts
+
+
+def _split_labels(source: DataSource, split: str) -> np.ndarray | None:
+    """The ``[N, K]`` labels of a split, when the source holds them (shapes, folder)."""
+    if hasattr(source, "labels"):
+        return np.asarray(source.labels(split))
+    if hasattr(source, "arrays"):
+        return np.asarray(source.arrays(split)[1])
+    return None
 
 
 def _pct(value: float | None) -> str:

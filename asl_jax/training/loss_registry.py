@@ -8,11 +8,14 @@ settings) and the benchmarks. A new loss is one :class:`LossSpec` added to :data
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 #: ``loss.*`` fields every loss reads.
-COMMON_FIELDS = frozenset({"name", "adaptive", "reduction"})
+COMMON_FIELDS = frozenset({"name", "adaptive", "reduction", "class_weights", "pos_weight"})
 #: ``loss.*`` fields the adaptive γ− rule reads (when ``loss.adaptive``).
 ADAPTIVE_FIELDS = frozenset(
     {"delta_p_target", "adaptive_step_size", "adaptive_min_gamma_neg", "adaptive_max_gamma_neg"}
@@ -92,3 +95,46 @@ def used_fields(name: str, *, adaptive: bool) -> frozenset[str]:
     """The ``loss.*`` fields a run of loss ``name`` reads."""
     spec = loss_spec(name)
     return COMMON_FIELDS | spec.fields | (ADAPTIVE_FIELDS if adaptive and spec.adaptive else set())
+
+
+#: ``loss.class_weights`` value that derives the weights from the train labels.
+INVERSE_FREQUENCY = "inverse_frequency"
+
+
+def parse_class_weights(text: str) -> tuple[float, ...]:
+    """``"1,2.5,0"`` -> ``(1.0, 2.5, 0.0)``; ``""`` -> ``()``. Finite and >= 0, else ValueError."""
+    if not text.strip():
+        return ()
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"loss.class_weights={text!r}: expected '', 'inverse_frequency' or one number per "
+            "class separated by commas"
+        ) from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"loss.class_weights={text!r}: weights must be finite and >= 0")
+    return weights
+
+
+def resolve_class_weights(text: str, train_labels: Any) -> str:
+    """``loss.class_weights`` with ``inverse_frequency`` replaced by its numbers.
+
+    Class ``k`` with ``n_k`` positive training labels gets a weight proportional to
+    ``1 / (n_k + 1)`` (the +1 keeps a class without positives finite), scaled so that the weights
+    average 1 over the classes: the loss keeps its scale and rare classes weigh more.
+
+    Args:
+      text: the config's value.
+      train_labels: ``[N, K]`` labels of the train split (1 positive, 0 negative, -1 unknown);
+        only read for ``inverse_frequency``.
+
+    Returns:
+      ``text`` unchanged, or the weights as ``"w1,w2,..."`` (6 significant digits; recorded in
+      ``config.json``, so a resumed run uses the same ones).
+    """
+    if text != INVERSE_FREQUENCY:
+        return text
+    positives = np.count_nonzero(np.asarray(train_labels) > 0, axis=0)
+    inverse = 1.0 / (positives + 1.0)
+    return ",".join(f"{w:.6g}" for w in inverse / inverse.mean())

@@ -25,7 +25,7 @@ from asl_jax.adaptive import (
 )
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.losses import asymmetric_loss, reduce_loss
-from asl_jax.training.loss_registry import loss_spec
+from asl_jax.training.loss_registry import INVERSE_FREQUENCY, loss_spec, parse_class_weights
 from asl_jax.training.state import TrainState
 
 
@@ -59,6 +59,10 @@ class LossConfig:
     adaptive_step_size: float = DEFAULT_STEP_SIZE
     adaptive_min_gamma_neg: float = 0.0
     adaptive_max_gamma_neg: float = DEFAULT_MAX_GAMMA_NEG
+    # Weighting outside the paper (as timm's loss factory offers): "" (none), "inverse_frequency"
+    # (resolved from the train labels when a run starts) or one weight per class, "1,2.5,...".
+    class_weights: str = ""
+    pos_weight: float = 1.0  # multiplies the loss of positive labels
 
     @classmethod
     def from_config(cls, loss_config: Any) -> LossConfig:
@@ -82,7 +86,34 @@ def elementwise_loss(
 ) -> jax.Array:
     """The configured element-wise loss (see :class:`LossConfig` and the loss registry)."""
     parameters = loss_spec(loss.name).parameters(loss, gamma_neg)
-    return asymmetric_loss(logits, labels, **parameters)
+    value = asymmetric_loss(logits, labels, **parameters)
+    weights = element_weights(loss, labels)
+    return value if weights is None else value * weights
+
+
+def element_weights(loss: LossConfig, labels: jax.Array) -> jax.Array | None:
+    """The weight of every element of the loss: ``class_weights[k] * (pos_weight if y else 1)``.
+
+    Soft labels interpolate: ``1 + (pos_weight - 1) * y``. None when both are the identity.
+    """
+    if loss.class_weights == INVERSE_FREQUENCY:
+        raise ValueError(
+            "loss.class_weights='inverse_frequency' is resolved from the train labels when a run "
+            "starts (resolve_class_weights); the loss needs the numbers"
+        )
+    weights = None
+    per_class = parse_class_weights(loss.class_weights)
+    if per_class:
+        if len(per_class) != labels.shape[-1]:
+            raise ValueError(
+                f"loss.class_weights has {len(per_class)} weights; expected one per class "
+                f"({labels.shape[-1]})"
+            )
+        weights = jnp.asarray(per_class, jnp.float32)
+    if loss.pos_weight != 1.0:
+        positive = 1.0 + (loss.pos_weight - 1.0) * labels
+        weights = positive if weights is None else weights * positive
+    return weights
 
 
 def effective_gamma_neg(loss: LossConfig, gamma_neg: jax.Array | float) -> jax.Array | float:

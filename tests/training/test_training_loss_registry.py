@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asl_jax.training.loss_registry import COMMON_FIELDS, LOSS_NAMES, LOSSES, loss_spec
+from asl_jax.training.loss_registry import (
+    COMMON_FIELDS,
+    LOSS_NAMES,
+    LOSSES,
+    loss_spec,
+    resolve_class_weights,
+)
 from asl_jax.training.step import LossConfig, elementwise_loss
 
 LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig) if f.name not in COMMON_FIELDS]
@@ -51,3 +57,53 @@ def test_declared_fields_are_loss_config_fields():
 def test_unknown_loss_names_the_known_ones():
     with pytest.raises(ValueError, match=r"loss\.name='nope': expected one of bce, focal, asl"):
         loss_spec("nope")
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_class_and_positive_weights_scale_each_element(name):
+    logits = jnp.linspace(-4.0, 4.0, 24).reshape(4, 6)
+    labels = (jnp.arange(24).reshape(4, 6) % 3 == 0).astype(jnp.float32)
+    plain = elementwise_loss(logits, labels, LossConfig(name=name), 4.0)
+    weights = np.array([1.0, 2.0, 0.0, 0.5, 1.0, 3.0])
+    weighted = LossConfig(name=name, class_weights=",".join(map(str, weights)), pos_weight=2.5)
+    expected = plain * weights * np.where(labels > 0, 2.5, 1.0)
+    np.testing.assert_allclose(elementwise_loss(logits, labels, weighted, 4.0), expected, rtol=1e-6)
+
+
+def test_weights_need_one_per_class_and_resolved_inverse_frequency():
+    labels = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match=r"has 2 weights; expected one per class \(3\)"):
+        elementwise_loss(labels, labels, LossConfig(class_weights="1,2"), 4.0)
+    with pytest.raises(ValueError, match="resolved from the train labels"):
+        elementwise_loss(labels, labels, LossConfig(class_weights="inverse_frequency"), 4.0)
+
+
+def test_inverse_frequency_weights():
+    labels = np.array([[1, 0, 0], [1, 1, 0], [1, -1, 0], [0, 0, 0]])  # 3, 1 and 0 positives
+    weights = np.array(resolve_class_weights("inverse_frequency", labels).split(","), float)
+    inverse = 1 / np.array([4.0, 2.0, 1.0])
+    np.testing.assert_allclose(weights, inverse / inverse.mean(), rtol=1e-5)
+    assert weights.mean() == pytest.approx(1.0, rel=1e-5)
+    assert resolve_class_weights("1,2,3", labels) == "1,2,3"
+
+
+def test_inverse_frequency_is_resolved_and_recorded_when_a_run_starts(tmp_path):
+    import json
+
+    from asl_jax.data.base import ArraySource
+    from asl_jax.training.config import ConfigError
+    from asl_jax.training.loop import _resolve_class_weights
+    from train.configs.default import get_config
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], np.float32)
+    source = ArraySource("toy", ["a", "b"], train=(images, labels), val=(images, labels))
+    config = get_config()
+    config.loss.class_weights = "inverse_frequency"
+    resolved = _resolve_class_weights(config, source)
+    assert config.loss.class_weights == "inverse_frequency"  # the caller's config is kept
+    assert resolved.loss.class_weights == resolve_class_weights("inverse_frequency", labels)
+    assert json.loads(resolved.to_json())["loss"]["class_weights"].count(",") == 1
+    config.loss.class_weights = "1,2,3"
+    with pytest.raises(ConfigError, match=r"has 3 weights; data\.name='shapes' has 2 classes"):
+        _resolve_class_weights(config, source)
