@@ -490,7 +490,8 @@ def aggregate_seeds(results: Mapping[int, Mapping[str, Any]]) -> list[dict[str, 
     return out
 
 
-def _mean_sd(cell: Mapping[str, Any] | None) -> str:
+def format_mean_sd(cell: Mapping[str, Any] | None) -> str:
+    """``97.50 ± 0.89`` (×100) of a :func:`aggregate_seeds` cell; ``–`` for None."""
     if cell is None:
         return "–"
     sd = "" if cell["std"] is None else f" ± {100 * cell['std']:.2f}"
@@ -512,7 +513,7 @@ def format_seed_table(entries: Sequence[Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for e in entries:
-        cells = [_mean_sd(e[key]) for key in SEED_METRICS]
+        cells = [format_mean_sd(e[key]) for key in SEED_METRICS]
         versus = _versus(e["vs_bce"]["final_map"]) if e["vs_bce"] else "–"
         seeds = ",".join(map(str, e["seeds"])) or "none completed"
         lines.append(f"| {e['label']} | {seeds} | {' | '.join(cells)} | {versus} |")

@@ -109,6 +109,21 @@ def tuned_thresholds(run: Any) -> np.ndarray:
     return np.array([tuned[name] for name in run.class_names], dtype=np.float64)
 
 
+def _check_arguments(
+    inputs: Sequence[str], threshold: float | None, thresholds: str, top_k: int | None
+) -> None:
+    if not inputs:
+        raise ValueError("no image given: pass image files or directories")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
+    if thresholds not in ("global", "tuned"):
+        raise ValueError(f"--thresholds={thresholds!r}: expected global or tuned")
+    if thresholds == "tuned" and threshold is not None:
+        raise ValueError("give --threshold or --thresholds=tuned, not both")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top_k={top_k}: expected an integer >= 1")
+
+
 def predict_files(
     workdir: str | os.PathLike[str],
     inputs: Sequence[str],
@@ -145,16 +160,7 @@ def predict_files(
     from asl_jax.data.folder import load_image
     from asl_jax.training.parallel import shard_batch
 
-    if not inputs:
-        raise ValueError("no image given: pass image files or directories")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold={threshold}: expected a probability in [0, 1]")
-    if thresholds not in ("global", "tuned"):
-        raise ValueError(f"--thresholds={thresholds!r}: expected global or tuned")
-    if thresholds == "tuned" and threshold is not None:
-        raise ValueError("give --threshold or --thresholds=tuned, not both")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"--top_k={top_k}: expected an integer >= 1")
+    _check_arguments(inputs, threshold, thresholds, top_k)
     images, errors = expand_inputs(inputs)
     from asl_jax.training.evaluation import eval_batch_size
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from asl_jax.training.loss_registry import loss_spec
 from asl_jax.training.step import LossConfig
-from train.compare import SEED_METRICS, compare_seeds, parse_seeds
+from train.compare import SEED_METRICS, compare_seeds, format_mean_sd, parse_seeds
 
 #: The loss a sweep trains.
 SWEPT_LOSS = "asl"
@@ -148,13 +148,6 @@ def sweep(
     return result
 
 
-def _cell(metric: Mapping[str, Any] | None) -> str:
-    if metric is None:
-        return "–"
-    sd = "" if metric["std"] is None else f" ± {100 * metric['std']:.2f}"
-    return f"{100 * metric['mean']:.2f}{sd}"
-
-
 def format_table(result: Mapping[str, Any]) -> str:
     """The Markdown table: one row per grid point, mean ± sd over seeds (×100)."""
     keys = list(result["grid"])
@@ -165,7 +158,7 @@ def format_table(result: Mapping[str, Any]) -> str:
         seeds = ",".join(map(str, p["seeds"])) or "none"
         if p["failed"]:
             seeds += f" (failed: {','.join(map(str, p['failed']))})"
-        cells = [_cell(p[key]) for key in SEED_METRICS]
+        cells = [format_mean_sd(p[key]) for key in SEED_METRICS]
         lines.append("| " + " | ".join([*settings, seeds, *cells]) + " |")
     return "\n".join(lines)
 
