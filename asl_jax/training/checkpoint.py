@@ -110,7 +110,9 @@ def _is_read_noise(exc: BaseException | None) -> bool:
 class _ReadNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage().startswith("Future exception") and _is_read_noise(exc))
+        # asyncio says "Future exception ..." or "Task exception was never retrieved".
+        message = record.getMessage()
+        return not ("exception was never retrieved" in message and _is_read_noise(exc))
 
 
 def _quiet_read_noise() -> None:
@@ -119,9 +121,9 @@ def _quiet_read_noise() -> None:
     When one array of a checkpoint cannot be read, Orbax closes the event loop of the restore
     while TensorStore's other reads are running. Each then reports "Event loop is closed"
     through ``sys.unraisablehook`` or, from TensorStore's callback threads, ``sys.excepthook``,
-    and each failed one "Future exception was never retrieved" through the ``asyncio`` logger:
-    dozens of tracebacks, some after the restore has raised, for an error that the caller
-    reports once. Only those reports are dropped, from then on.
+    and each failed one "Future (or Task) exception was never retrieved" through the
+    ``asyncio`` logger: dozens of tracebacks, some after the restore has raised, for an error
+    that the caller reports once. Only those reports are dropped, from then on.
     """
     previous = sys.unraisablehook
     if getattr(previous, "quiets_read_noise", False):

@@ -5,6 +5,7 @@ The runs use the tiny config of the loop tests (10 steps), so they share its com
 
 import glob
 import json
+import logging
 import os
 import shutil
 
@@ -14,7 +15,12 @@ import pytest
 from test_training_loop import tiny_config
 
 from asl_jax.training import loop
-from asl_jax.training.checkpoint import Checkpointer, UnreadableCheckpointError, read_error
+from asl_jax.training.checkpoint import (
+    Checkpointer,
+    UnreadableCheckpointError,
+    _ReadNoiseFilter,
+    read_error,
+)
 from asl_jax.training.loop import TIMING_KEYS, train_and_evaluate
 from asl_jax.training.state import checkpoint_items
 from train.common import RunError
@@ -227,3 +233,19 @@ def test_read_error_is_one_short_line():
     text = read_error(error, limit=100)
     assert "\n" not in text and "tensorstore_spec" not in text and len(text) <= 103
     assert text.startswith("ValueError: OUT_OF_RANGE") and text.endswith("x end")
+
+
+@pytest.mark.parametrize(
+    "message, error, dropped",
+    [
+        ("Future exception was never retrieved", ValueError("x [tensorstore_spec='{}']"), True),
+        ("Task exception was never retrieved", ValueError("x [tensorstore_spec='{}']"), True),
+        ("Task exception was never retrieved", RuntimeError("Event loop is closed"), True),
+        ("Task exception was never retrieved", ValueError("a real bug"), False),
+        ("Unclosed client session", ValueError("x [tensorstore_spec='{}']"), False),
+    ],
+)
+def test_only_the_reports_of_abandoned_reads_are_dropped(message, error, dropped):
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
+    record.exc_info = (type(error), error, None)
+    assert _ReadNoiseFilter().filter(record) is not dropped
