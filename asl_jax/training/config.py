@@ -224,13 +224,22 @@ def fit_batch_size(batch_size: int, num_examples: int, *, multiple: int = 1) -> 
     return fitted
 
 
-def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def changed_result_fields(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
+) -> list[str]:
     """Fields (other than :data:`OPERATIONAL_FIELDS`) whose values differ, as ``"f: a -> b"``.
 
     Used when a workdir with checkpoints is reused: resuming with a config that changes results
     (loss, model, data, schedule, number of steps...) would mix two different runs.
+
+    A field that ``old`` lacks but ``defaults`` (a nested mapping) has was added to the project
+    after that run was started; the run behaved as its default does, so ``old`` is read as
+    having the default. Defaults are built so that a new field's default keeps the old
+    behaviour (no class weights, ``pos_weight`` 1...).
     """
     a, b = flatten(old), flatten(new)
+    added = {k: v for k, v in flatten(defaults or {}).items() if k not in a}
+    a = {**added, **a}
     out = []
     for key in sorted(set(a) | set(b)):
         if key in OPERATIONAL_FIELDS:

@@ -496,7 +496,12 @@ def _refuse_other_config(
     config_path = os.path.join(workdir, "config.json")
     if restored_step is None or not os.path.exists(config_path):
         return
-    diff = changed_result_fields(read_json(config_path), config.to_dict())
+    # Loss and augmentation fields added since the run started count as their defaults.
+    defaults = {
+        "loss": dataclasses.asdict(LossConfig()),
+        "augment": dataclasses.asdict(AugmentConfig()),
+    }
+    diff = changed_result_fields(read_json(config_path), config.to_dict(), defaults=defaults)
     if diff:
         ckpt.close()
         raise WorkdirConfigError(

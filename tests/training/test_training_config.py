@@ -213,3 +213,17 @@ def test_fit_batch_size_with_fewer_examples_than_devices():
         match=r"batch_size=64: the train split has 5 example\(s\), fewer than the 8 devices",
     ):
         fit_batch_size(64, 5, multiple=8)
+
+
+def test_fields_added_after_a_run_count_as_their_defaults():
+    old = _config().to_dict()
+    del old["loss"]["class_weights"], old["loss"]["pos_weight"]
+    new = _config()
+    defaults = {"loss": {"class_weights": "", "pos_weight": 1.0}}
+    assert changed_result_fields(old, new.to_dict(), defaults=defaults) == []
+    new.loss.pos_weight = 2.0
+    assert changed_result_fields(old, new.to_dict(), defaults=defaults) == [
+        "loss.pos_weight: 1.0 -> 2.0"
+    ]
+    # Without defaults, a field the old run lacks is a change.
+    assert changed_result_fields(old, _config().to_dict())[0].startswith("loss.class_weights")
