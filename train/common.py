@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import flags, logging
@@ -235,6 +235,20 @@ def error(message: str, status: int = 1) -> int:
     """Prints ``error: message`` to stderr and returns the exit status (default 1)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     return status
+
+
+def multi_run_status(result: Mapping[str, Any], failure: str) -> int:
+    """The exit status of a command that trains several runs (compare, its seeds, sweep).
+
+    128 + the signal number when ``result["status"]`` is ``interrupted`` (with a hint that
+    rerunning resumes), 1 with ``error: failure`` when it is ``failed``, otherwise 0.
+    """
+    if result["status"] == "interrupted":
+        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
+        return 128 + int(result["signal"])
+    if result["status"] == "failed":
+        return error(failure)
+    return 0
 
 
 @dataclasses.dataclass

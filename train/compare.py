@@ -197,7 +197,16 @@ def run_entry(loss: str, config: Any, result: Any, resumed_from: int | None) -> 
         "final_gamma_neg": summary.get("final_gamma_neg"),
         "num_skipped": summary.get("num_skipped"),
         "wall_time_s": summary.get("wall_time_s"),
+        # The batch size the run used: smaller than the config's on a small train split.
+        "batch_size": _recorded_batch_size(result.workdir),
     }
+
+
+def _recorded_batch_size(workdir: str) -> int | None:
+    from asl_jax.training.records import read_json
+
+    path = os.path.join(workdir, "config.json")
+    return int(read_json(path)["batch_size"]) if os.path.exists(path) else None
 
 
 def failed_entry(loss: str, config: Any, workdir: str, exc: BaseException) -> dict[str, Any]:
@@ -384,7 +393,7 @@ def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _setup(config: Mapping[str, Any]) -> str:
+def _setup(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -> str:
     data = config["data"]
     what = f"data {data['name']}"
     if data["name"] == "shapes":
@@ -395,9 +404,13 @@ def _setup(config: Mapping[str, Any]) -> str:
     steps = (
         f"{config['num_steps']} steps" if config["num_steps"] else f"{config['num_epochs']} epochs"
     )
+    batch = f"{config['batch_size']}"
+    used = sorted({r["batch_size"] for r in runs if r.get("batch_size") is not None})
+    if used and used != [config["batch_size"]]:
+        batch = f"{', '.join(map(str, used))} (the config's {batch} did not fit the train split)"
     return (
         f"Setup: {what} at {data['image_size']} px; model {config['model']['name']} "
-        f"(width {config['model']['width']}); {steps} of batch {config['batch_size']}, "
+        f"(width {config['model']['width']}); {steps} of batch {batch}, "
         f"{config['optimizer']} lr {config['learning_rate']:g} {config['schedule']}; "
         f"seed {config['seed']}."
     )
@@ -412,7 +425,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         result["command"],
         "```",
         "",
-        _setup(result["config"]),
+        _setup(result["config"], result["runs"]),
         "",
         format_table(result["runs"]),
         "",
@@ -680,12 +693,9 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     failed = [r["loss"] for r in result["runs"] if r["status"] == "failed"]
-    if result["status"] == "interrupted":
-        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
-        return 128 + int(result["signal"])
-    if failed:
-        return common.error(f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)")
-    return 0
+    return common.multi_run_status(
+        result, f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)"
+    )
 
 
 def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int]) -> int:
@@ -699,12 +709,7 @@ def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[
     print(format_seed_table(summary["losses"]), flush=True)
     out = os.path.abspath(workdir)
     print(f"Results in {out}: seeds.json, seeds.md, and one comparison per seed (seed_<s>/).")
-    if summary["status"] == "interrupted":
-        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
-        return 128 + int(summary["signal"])
-    if summary["status"] == "failed":
-        return common.error("some runs failed (see seed_<s>/compare.md)")
-    return 0
+    return common.multi_run_status(summary, "some runs failed (see seed_<s>/compare.md)")
 
 
 def _define_flags() -> None:

@@ -232,12 +232,9 @@ def main(argv: list[str]) -> int:
         return common.error(f"data.name={f.config.data.name!r}: {e}")
     print(format_table(result), flush=True)
     print(f"Results in {os.path.abspath(f.workdir)}: sweep.json, sweep.md, plots/.", flush=True)
-    if result["status"] == "interrupted":
-        print("Interrupted: rerun the same command to resume.", file=sys.stderr, flush=True)
-        return 128 + int(result["signal"])
-    if result["status"] == "failed":
-        return common.error("some runs failed (see sweep.md and each point's compare.md)")
-    return 0
+    return common.multi_run_status(
+        result, "some runs failed (see sweep.md and each point's compare.md)"
+    )
 
 
 def _define_flags() -> None:

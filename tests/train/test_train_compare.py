@@ -48,6 +48,7 @@ def test_cli_writes_the_results_and_isolates_a_failed_run(comparison):
     assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["delta_p.png", "map.png"]
     config = json.load(open(os.path.join(workdir, "bce", "config.json")))
     assert config["loss"]["name"] == "bce" and config["data"]["num_train"] == 256
+    assert bce["batch_size"] == config["batch_size"] and adaptive.get("batch_size") is None
 
 
 def test_rerun_reuses_the_finished_run_and_reports_a_run_that_raises(comparison, tmp_path):
@@ -241,3 +242,20 @@ def test_seeds_stop_at_an_interrupted_comparison(comparison, tmp_path):
 def test_bad_seeds(text):
     with pytest.raises(ValueError, match="--seeds="):
         compare.parse_seeds(text)
+
+
+@pytest.mark.parametrize(
+    "used, expected",
+    [
+        ([64, None], "of batch 64,"),
+        ([48, 48], "of batch 48 (the config's 64 did not fit the train split),"),
+        ([None], "of batch 64,"),
+    ],
+)
+def test_setup_line_states_the_batch_size_the_runs_used(used, expected):
+    from train.configs.default import get_config
+
+    config = get_config().to_dict()
+    config["batch_size"] = 64
+    runs = [{"batch_size": b} for b in used]
+    assert expected in compare._setup(config, runs)
