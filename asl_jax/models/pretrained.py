@@ -116,7 +116,12 @@ def _model_variables(
     if rng is not None:
         if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
             rng = jax.random.wrap_key_data(rng)
-        return jax.device_get(jax.jit(lambda key: model.init(key, images, train=False))(rng))
+        from asl_jax.training.parallel import FAST_COMPILE
+
+        # Run once: on CPU, skip XLA's expensive optimisations (random initialisers unroll).
+        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+        init = jax.jit(lambda key: model.init(key, images, train=False), compiler_options=options)
+        return jax.device_get(init(rng))
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
     return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 

@@ -18,6 +18,7 @@ from asl_jax.training.config import (
 )
 from asl_jax.training.loop import itstime
 
+
 def _config(module="default"):
     return importlib.import_module(f"train.configs.{module}").get_config()
 
