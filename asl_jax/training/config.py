@@ -92,7 +92,7 @@ FIELDS: dict[str, str] = {
         "'torchvision:<name>' or 'timm:<name>'"
     ),
     "model.normalization": (
-        "input normalisation: auto (the weights' own; resolved into config.json), "
+        "input normalisation: auto (what the weights expect; resolved into config.json), "
         + ", ".join(NORMALIZATION_NAMES)
     ),
     "model.freeze_backbone_steps": (

@@ -328,6 +328,7 @@ def test_offline_download_fails_with_one_clear_line(monkeypatch):
 # ---------------------------------------------------------------- training -------------------
 
 
+@pytest.mark.slow
 def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
     tmp_path, resnet18_state_dict
 ):
@@ -338,6 +339,7 @@ def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
     from safetensors.numpy import save_file
 
     from asl_jax.training.loop import train_and_evaluate
+    from asl_jax.training.parallel import make_mesh
     from train.common import open_run
     from train.configs.default import get_config
     from train.predict import predict_files
@@ -350,10 +352,13 @@ def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
     config.model.freeze_backbone_steps = 2
     config.data.image_size, config.data.num_train, config.data.num_val = 16, 16, 8
     config.data.cache_dir = str(tmp_path / "shapes")
-    config.batch_size, config.num_steps, config.eval_every = 8, 2, 0
+    config.batch_size, config.num_steps, config.eval_every, config.eval_batch_size = 8, 2, 0, 8
     config.progress_bar, config.tensorboard = False, False
     workdir = tmp_path / "run"
-    result = train_and_evaluate(config, workdir, handle_signals=False)
+    # One device: the SPMD programs of 8 simulated devices take several times longer to compile,
+    # and predict (one image) reuses the programs of this mesh.
+    mesh = make_mesh(jax.devices()[:1])
+    result = train_and_evaluate(config, workdir, mesh=mesh, handle_signals=False)
 
     recorded = json.load(open(os.path.join(workdir, "config.json")))["model"]
     assert recorded["normalization"] == "imagenet" and recorded["pretrained"] == str(weights)
@@ -368,4 +373,4 @@ def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
     assert predict_files(workdir, [str(image)])["errors"] == []
-    assert open_run(workdir).programs.model.normalization == "imagenet"
+    assert open_run(workdir, batch_size=1).programs.model.normalization == "imagenet"
