@@ -533,11 +533,27 @@ def _initial_state(
             rng=jax.random.split(key)[0],
             image_size=source.image_size,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # missing file, mismatch, no torch
         ckpt.close()
         raise ConfigError(str(e)) from None
     _log(f"{note}; input normalisation {config.model.normalization!r}.")
     return programs.init(key, variables=variables)
+
+
+def added_field_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """What the fields added since the run of config ``old`` started meant for that run: loss
+    and augmentation fields their defaults; a run from before pretrained weights started from
+    scratch, normalising as its model does."""
+    name = old.get("model", {}).get("name", "cnn")
+    return {
+        "loss": dataclasses.asdict(LossConfig()),
+        "augment": dataclasses.asdict(AugmentConfig()),
+        "model": {
+            "pretrained": "",
+            "normalization": default_normalization(name) if name in MODELS else "auto",
+            "freeze_backbone_steps": 0,
+        },
+    }
 
 
 def _refuse_other_config(
@@ -548,17 +564,7 @@ def _refuse_other_config(
         return
     # Loss and augmentation fields added since the run started count as their defaults.
     old = read_json(config_path)
-    defaults = {
-        "loss": dataclasses.asdict(LossConfig()),
-        "augment": dataclasses.asdict(AugmentConfig()),
-        # A run from before pretrained weights existed started from scratch.
-        "model": {
-            "pretrained": "",
-            "normalization": default_normalization(old.get("model", {}).get("name", "cnn")),
-            "freeze_backbone_steps": 0,
-        },
-    }
-    diff = changed_result_fields(old, config.to_dict(), defaults=defaults)
+    diff = changed_result_fields(old, config.to_dict(), defaults=added_field_defaults(old))
     if diff:
         ckpt.close()
         raise WorkdirConfigError(

@@ -328,6 +328,34 @@ def test_offline_download_fails_with_one_clear_line(monkeypatch):
 # ---------------------------------------------------------------- training -------------------
 
 
+@pytest.mark.parametrize(
+    ("model", "normalization"), [("cnn", "centered"), ("resnet50", "imagenet")]
+)
+def test_workdirs_from_before_pretrained_weights_read_as_from_scratch(
+    tmp_path, model, normalization
+):
+    from asl_jax.training.config import changed_result_fields
+    from asl_jax.training.loop import added_field_defaults
+    from train.common import read_workdir_config
+    from train.configs.default import get_config
+
+    old = get_config().to_dict()
+    old["model"]["name"] = model
+    for field in ("pretrained", "normalization", "freeze_backbone_steps"):
+        del old["model"][field]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config = read_workdir_config(str(tmp_path))
+    assert config.model.normalization == normalization and config.model.pretrained == ""
+    # What a resumed run compares: the same config, with the normalisation resolved at setup.
+    new = get_config()
+    new.model.name, new.model.normalization = model, normalization
+    assert changed_result_fields(old, new.to_dict(), defaults=added_field_defaults(old)) == []
+    new.model.pretrained = "w.safetensors"
+    assert changed_result_fields(old, new.to_dict(), defaults=added_field_defaults(old)) == [
+        "model.pretrained: '' -> 'w.safetensors'"
+    ]
+
+
 @pytest.mark.slow
 def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
     tmp_path, resnet18_state_dict
