@@ -562,7 +562,7 @@ def _refuse_other_config(
     config_path = os.path.join(workdir, "config.json")
     if restored_step is None or not os.path.exists(config_path):
         return
-    # Loss and augmentation fields added since the run started count as their defaults.
+    # Fields added since the run started count as what they meant for it.
     old = read_json(config_path)
     diff = changed_result_fields(old, config.to_dict(), defaults=added_field_defaults(old))
     if diff:
