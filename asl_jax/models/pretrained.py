@@ -46,6 +46,7 @@ from asl_jax.models.torch_layout import NUM_BATCHES_TRACKED
 
 __all__ = [
     "PRETRAINED_SOURCES",
+    "convert_torch",
     "from_torch",
     "load_pretrained",
     "load_state_dict",
