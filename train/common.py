@@ -279,6 +279,19 @@ class OpenRun:
     summary: dict[str, Any] | None
 
 
+def _with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A run from before pretrained weights existed trained from scratch, normalising its
+    inputs as its model does by default: fill in those fields."""
+    from asl_jax.models import MODEL_NAMES, default_normalization
+
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("name") in MODEL_NAMES:
+        model.setdefault("pretrained", "")
+        model.setdefault("normalization", default_normalization(model["name"]))
+        model.setdefault("freeze_backbone_steps", 0)
+    return config
+
+
 def read_workdir_config(workdir: str) -> Any:
     """The validated config of ``workdir/config.json``.
 
@@ -297,7 +310,7 @@ def read_workdir_config(workdir: str) -> Any:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
-    config = ml_collections.ConfigDict(read_json(path))
+    config = ml_collections.ConfigDict(_with_model_defaults(read_json(path)))
     try:
         validate_config(config)
     except ConfigError as e:

@@ -1,7 +1,9 @@
-"""Image classifiers for the training application: a small CNN and ResNet-18/34/50.
+"""Image classifiers for the training application: a small CNN and ResNet-18/34/50/101.
 
-Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, is called with ``train=bool``
-(batch norm: ``mutable=["batch_stats"]`` when training) and returns float32 logits ``[B, K]``.
+Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, normalises them itself (the
+``normalization`` attribute), is called with ``train=bool`` (batch norm:
+``mutable=["batch_stats"]`` when training) and returns float32 logits ``[B, K]``. Models with a
+:class:`TorchLayout` can start from PyTorch weights (:mod:`asl_jax.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -14,13 +16,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asl_jax.models import resnet
 from asl_jax.models.cnn import SmallCNN
-from asl_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
+from asl_jax.models.normalization import NORMALIZATION_NAMES, NORMALIZATIONS
+from asl_jax.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+)
+from asl_jax.models.torch_layout import TorchLayout
 
 __all__ = [
     "DTYPE_NAMES",
     "MODELS",
     "MODEL_NAMES",
+    "NORMALIZATIONS",
+    "NORMALIZATION_NAMES",
     "BasicBlock",
     "Bottleneck",
     "ModelSpec",
@@ -28,8 +43,12 @@ __all__ = [
     "ResNet18",
     "ResNet34",
     "ResNet50",
+    "ResNet101",
     "SmallCNN",
+    "TorchLayout",
     "create_model",
+    "default_normalization",
+    "pretrained_model_names",
     "resolve_dtype",
 ]
 
@@ -46,21 +65,54 @@ class ModelSpec:
       build: ``(num_classes, dtype) -> module`` with the model's default width.
       width_argument: the constructor argument that ``width`` sets (channels of the first stage).
       default_width: the width used when ``width`` is None.
+      normalization: the input normalisation of a model trained from scratch (``"auto"``).
+      torch: how the model's variables correspond to a PyTorch ``state_dict``; None when the
+        model cannot start from PyTorch weights.
     """
 
     build: Callable[..., nn.Module]
     width_argument: str
     default_width: int
+    normalization: str
+    torch: TorchLayout | None = None
+
+
+_TORCHVISION_RESNET = TorchLayout(
+    to_flax=resnet.torch_to_flax,
+    to_torch=resnet.flax_to_torch,
+    head=resnet.TORCH_HEAD,
+    normalization=resnet.TORCH_NORMALIZATION,
+    source="torchvision",
+)
+
+
+def _resnet(build: Callable[..., nn.Module]) -> ModelSpec:
+    return ModelSpec(
+        build, "num_filters", ResNet.num_filters, ResNet.normalization, _TORCHVISION_RESNET
+    )
 
 
 #: Every model ``create_model`` builds (inputs: float32 images in [0, 1]).
 MODELS: dict[str, ModelSpec] = {
-    "cnn": ModelSpec(SmallCNN, "width", SmallCNN.width),
-    "resnet18": ModelSpec(ResNet18, "num_filters", ResNet.num_filters),
-    "resnet34": ModelSpec(ResNet34, "num_filters", ResNet.num_filters),
-    "resnet50": ModelSpec(ResNet50, "num_filters", ResNet.num_filters),
+    "cnn": ModelSpec(SmallCNN, "width", SmallCNN.width, SmallCNN.normalization),
+    "resnet18": _resnet(ResNet18),
+    "resnet34": _resnet(ResNet34),
+    "resnet50": _resnet(ResNet50),
+    "resnet101": _resnet(ResNet101),
 }
 MODEL_NAMES = tuple(MODELS)
+
+
+def pretrained_model_names() -> tuple[str, ...]:
+    """The models that can start from PyTorch weights (those with a :class:`TorchLayout`)."""
+    return tuple(name for name, spec in MODELS.items() if spec.torch is not None)
+
+
+def default_normalization(name: str) -> str:
+    """The input normalisation of model ``name`` trained from scratch (``"auto"``)."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return MODELS[name].normalization
 
 
 def resolve_dtype(dtype: Any = "auto") -> jnp.dtype:
@@ -89,15 +141,19 @@ def create_model(
     num_classes: int,
     dtype: Any = jnp.float32,
     width: int | None = None,
+    normalization: str = "auto",
 ) -> nn.Module:
     """Builds a classifier by name.
 
     Args:
-      name: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+      name: a key of :data:`MODELS`: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, … .
       num_classes: number of output logits (labels).
       dtype: compute dtype (parameters are float32; logits are float32 whatever the dtype).
       width: channels of the first stage (``None`` = the model's default: 32 for the CNN, 64 for
         the ResNets).
+      normalization: input normalisation, a name of :data:`NORMALIZATIONS`; ``"auto"`` = the
+        model's own (:func:`default_normalization`). Pretrained weights need theirs
+        (:func:`asl_jax.models.pretrained.resolve_normalization`).
 
     Returns:
       A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
@@ -115,8 +171,16 @@ def create_model(
     if name not in MODELS:
         raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
     spec = MODELS[name]
+    if normalization == "auto":
+        normalization = spec.normalization
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"model.normalization={normalization!r}: expected one of auto, "
+            f"{', '.join(NORMALIZATION_NAMES)}"
+        )
     return spec.build(
         num_classes=num_classes,
         dtype=resolve_dtype(dtype),
+        normalization=normalization,
         **{spec.width_argument: spec.default_width if width is None else width},
     )

@@ -8,10 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Channel means/stds of natural images are irrelevant for generated data; centring [0, 1] inputs
-# around 0 is enough for the first batch norm to take over.
-_INPUT_CENTER = 0.5
-_INPUT_SCALE = 0.25
+from asl_jax.models.normalization import normalize
 
 
 class SmallCNN(nn.Module):
@@ -28,6 +25,9 @@ class SmallCNN(nn.Module):
       num_stages: number of stages (the spatial size is halved between stages).
       blocks_per_stage: conv-BN-ReLU layers per stage.
       dtype: compute dtype (parameters stay float32); logits are always returned as float32.
+      normalization: input normalisation (:data:`asl_jax.models.normalization.NORMALIZATIONS`);
+        ``"centered"`` maps [0, 1] to [-2, 2]: channel statistics of natural images are
+        irrelevant for generated data, centring is enough for the first batch norm to take over.
     """
 
     num_classes: int
@@ -35,10 +35,11 @@ class SmallCNN(nn.Module):
     num_stages: int = 3
     blocks_per_stage: int = 2
     dtype: Any = jnp.float32
+    normalization: str = "centered"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = ((jnp.asarray(x, jnp.float32) - _INPUT_CENTER) / _INPUT_SCALE).astype(self.dtype)
+        x = normalize(x, self.normalization, self.dtype)
         for stage in range(self.num_stages):
             features = self.width * 2**stage
             for _ in range(self.blocks_per_stage):

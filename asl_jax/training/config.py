@@ -21,7 +21,14 @@ from asl_jax.data import (
     validate_data_config,
 )
 from asl_jax.losses import REDUCTIONS
-from asl_jax.models import DTYPE_NAMES, MODEL_NAMES
+from asl_jax.models import (
+    DTYPE_NAMES,
+    MODEL_NAMES,
+    MODELS,
+    NORMALIZATION_NAMES,
+    pretrained_model_names,
+)
+from asl_jax.models.pretrained import parse_pretrained
 from asl_jax.training.loss_registry import (
     INVERSE_FREQUENCY,
     LOSS_NAMES,
@@ -80,6 +87,17 @@ FIELDS: dict[str, str] = {
         "channels of the first stage (0 = the model's default: 32 for cnn, 64 for the resnets)"
     ),
     "model.dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
+    "model.pretrained": (
+        "initial weights: '' (from scratch), a .pth/.pt/.safetensors file, "
+        "'torchvision:<name>' or 'timm:<name>'"
+    ),
+    "model.normalization": (
+        "input normalisation: auto (what the weights expect; resolved into config.json), "
+        + ", ".join(NORMALIZATION_NAMES)
+    ),
+    "model.freeze_backbone_steps": (
+        "keep every parameter but the classifier head fixed for this many steps (0 = never)"
+    ),
     **{f"data.{k}": "see asl_jax.data" for k in DATA_DEFAULTS},
     **{f"augment.{k}": "see asl_jax.data.augment" for k in AUGMENT_DEFAULTS},
 }
@@ -316,10 +334,40 @@ def _check_loss(check: _Checker, flat: dict[str, Any]) -> None:
         )
 
 
+def _check_pretrained(check: _Checker) -> None:
+    flat = check.flat
+    check.choice("model.normalization", ("auto", *NORMALIZATION_NAMES))
+    check.integer("model.freeze_backbone_steps", 0)
+    try:
+        kind, _ = parse_pretrained(flat["model.pretrained"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    name = flat["model.name"]
+    if flat["model.freeze_backbone_steps"] and MODELS[name].torch is None:
+        raise _fail(
+            "model.freeze_backbone_steps",
+            flat["model.freeze_backbone_steps"],
+            f"0 for model.name={name!r} (it has no classifier head layout to tell apart)",
+        )
+    if not kind:
+        return
+    if MODELS[name].torch is None:
+        raise ConfigError(
+            f"model.pretrained={flat['model.pretrained']!r} needs a model that can start from "
+            f"PyTorch weights: one of {', '.join(pretrained_model_names())} "
+            f"(got model.name={name!r})"
+        )
+    if flat["model.width"] not in (0, MODELS[name].default_width):
+        raise _fail(
+            "model.width", flat["model.width"], "0 (the model's own width) with pretrained weights"
+        )
+
+
 def _check_model_and_optimizer(check: _Checker) -> None:
     check.choice("model.name", MODEL_NAMES)
     check.integer("model.width", 0)
     check.choice("model.dtype", DTYPE_NAMES)
+    _check_pretrained(check)
     check.choice("optimizer", OPTIMIZERS)
     check.choice("schedule", SCHEDULES)
     check.real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)

@@ -41,9 +41,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from asl_jax.data import DataSource, create_source, steps_per_epoch
-from asl_jax.models import create_model
+from asl_jax.models import MODELS, create_model, default_normalization
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS, Checkpointer, UnreadableCheckpointError
 from asl_jax.training.config import (
@@ -59,7 +60,7 @@ from asl_jax.training.loss_registry import (
     parse_class_weights,
     resolve_class_weights,
 )
-from asl_jax.training.optim import create_optimizer, create_schedule
+from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
 from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.state import TrainState, create_train_state
 from asl_jax.training.step import AugmentConfig, LossConfig, eval_step, train_step
@@ -146,6 +147,8 @@ NON_PROGRAM_FIELDS = frozenset(
         "progress_bar",
         "tensorboard",
         "profile_steps",
+        # The initial weights reach the programs as an argument of the initialiser.
+        "model.pretrained",
     }
 )
 
@@ -191,6 +194,7 @@ def build_programs(
         num_classes=num_classes,
         dtype=config.model.dtype,
         width=config.model.width or None,
+        normalization=config.model.normalization,
     )
     schedule = create_schedule(
         config.schedule,
@@ -204,6 +208,9 @@ def build_programs(
         weight_decay=float(config.weight_decay),
         grad_clip_norm=float(config.grad_clip_norm) or None,
     )
+    if config.model.freeze_backbone_steps:
+        head = head_mask(MODELS[config.model.name].torch.head)
+        tx = optax.chain(tx, freeze_for(int(config.model.freeze_backbone_steps), head))
     init = parallel.jit_init(
         functools.partial(
             create_train_state,
@@ -395,6 +402,7 @@ def _setup(
             raise ConfigError(f"data.name={config.data.name!r}: {e}") from e
     config = _fit_batch_size(config, source, mesh)
     config = _resolve_class_weights(config, source)
+    config = _resolve_normalization(config)
     try:
         epoch_steps = steps_per_epoch(source, int(config.batch_size))
     except ValueError as e:
@@ -412,7 +420,7 @@ def _setup(
         os.path.join(workdir, "checkpoints"), max_to_keep=int(config.max_checkpoints_to_keep)
     )
     _refuse_other_config(config, workdir, ckpt, ckpt.latest_step())
-    state, restored_step = _restore(ckpt, programs.init(jax.random.key(int(config.seed))))
+    state, restored_step = _restore(ckpt, _initial_state(config, programs, ckpt, source))
     is_main = jax.process_index() == 0
     if is_main:
         _write_run_files(config, workdir, source)
@@ -490,18 +498,73 @@ def _resolve_class_weights(config: Any, source: DataSource) -> Any:
     return config
 
 
+def _resolve_normalization(config: Any) -> Any:
+    """``config``, or a copy whose ``model.normalization='auto'`` names the normalisation the
+    initial weights expect (recorded in ``config.json``, where predict and evaluate read it)."""
+    from asl_jax.models.pretrained import resolve_normalization
+
+    if config.model.normalization != "auto":
+        return config
+    try:
+        resolved = resolve_normalization(config.model.name, str(config.model.pretrained))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    config = copy.deepcopy(config)
+    config.model.normalization = resolved
+    return config
+
+
+def _initial_state(
+    config: Any, programs: Programs, ckpt: Checkpointer, source: DataSource
+) -> TrainState:
+    """The state a new run starts from: the model's initialisation, or ``model.pretrained``'s
+    weights (only read when there is no checkpoint to resume; a re-initialised head gets the
+    key the model's own initialisation would use)."""
+    key = jax.random.key(int(config.seed))
+    if not config.model.pretrained or ckpt.latest_step() is not None:
+        return programs.init(key)
+    from asl_jax.models.pretrained import load_pretrained
+
+    try:
+        variables, note = load_pretrained(
+            config.model.name,
+            str(config.model.pretrained),
+            num_classes=source.num_classes,
+            rng=jax.random.split(key)[0],
+            image_size=source.image_size,
+        )
+    except (OSError, ValueError, ImportError) as e:  # missing file, mismatch, no torch
+        ckpt.close()
+        raise ConfigError(str(e)) from None
+    _log(f"{note}; input normalisation {config.model.normalization!r}.")
+    return programs.init(key, variables=variables)
+
+
+def added_field_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """What the fields added since the run of config ``old`` started meant for that run: loss
+    and augmentation fields their defaults; a run from before pretrained weights started from
+    scratch, normalising as its model does."""
+    name = old.get("model", {}).get("name", "cnn")
+    return {
+        "loss": dataclasses.asdict(LossConfig()),
+        "augment": dataclasses.asdict(AugmentConfig()),
+        "model": {
+            "pretrained": "",
+            "normalization": default_normalization(name) if name in MODELS else "auto",
+            "freeze_backbone_steps": 0,
+        },
+    }
+
+
 def _refuse_other_config(
     config: Any, workdir: str, ckpt: Checkpointer, restored_step: int | None
 ) -> None:
     config_path = os.path.join(workdir, "config.json")
     if restored_step is None or not os.path.exists(config_path):
         return
-    # Loss and augmentation fields added since the run started count as their defaults.
-    defaults = {
-        "loss": dataclasses.asdict(LossConfig()),
-        "augment": dataclasses.asdict(AugmentConfig()),
-    }
-    diff = changed_result_fields(read_json(config_path), config.to_dict(), defaults=defaults)
+    # Fields added since the run started count as what they meant for it.
+    old = read_json(config_path)
+    diff = changed_result_fields(old, config.to_dict(), defaults=added_field_defaults(old))
     if diff:
         ckpt.close()
         raise WorkdirConfigError(

@@ -9,9 +9,11 @@ are decayed, never biases or batch-norm scales/offsets.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adam", "adamw")
@@ -112,3 +114,58 @@ def create_optimizer(
     else:
         raise ValueError(f"optimizer={name!r}: expected one of {', '.join(OPTIMIZERS)}")
     return optax.chain(*parts)
+
+
+class FreezeState(NamedTuple):
+    """Steps seen by :func:`freeze_for`."""
+
+    count: jax.Array
+
+
+def freeze_for(steps: int, trainable: Callable[[Any], Any]) -> optax.GradientTransformation:
+    """Zeroes the updates of every parameter but ``trainable`` ones for the first ``steps`` steps.
+
+    Chained after the optimizer (weight decay included), so the frozen parameters do not move at
+    all; afterwards every update passes unchanged. Fine-tuning uses it to train a new classifier
+    head on a pretrained backbone before the backbone adapts.
+
+    Args:
+      steps: number of optimizer updates during which non-trainable parameters stay fixed.
+      trainable: ``params -> pytree of bools`` (True = updated from the start).
+
+    Example:
+      >>> head = lambda p: jax.tree_util.tree_map_with_path(
+      ...     lambda path, _: path[0].key == "fc", p)
+      >>> tx = optax.chain(optax.adam(1e-3), freeze_for(100, head))
+    """
+
+    def init(params: Any) -> FreezeState:
+        del params
+        return FreezeState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates: Any, state: FreezeState, params: Any = None) -> tuple[Any, FreezeState]:
+        del params
+        frozen = state.count < steps
+        updates = jax.tree.map(
+            lambda u, keep: u if keep else jnp.where(frozen, jnp.zeros_like(u), u),
+            updates,
+            trainable(updates),
+        )
+        return updates, FreezeState(count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def head_mask(head: str) -> Callable[[Any], Any]:
+    """``params -> bools``: True for the parameters under the Flax module path ``head`` (a torch
+    name prefix such as ``"fc"`` or ``"head.fc"``; the layouts name Flax modules as torch does)."""
+    parts = tuple(head.split("."))
+
+    def mask(params: Any) -> Any:
+        def is_head(path: tuple[Any, ...], leaf: Any) -> bool:
+            names = tuple(str(getattr(p, "key", p)) for p in path)
+            return names[: len(parts)] == parts
+
+        return jax.tree_util.tree_map_with_path(is_head, params)
+
+    return mask

@@ -62,6 +62,7 @@ def create_train_state(
     *,
     image_shape: tuple[int, int, int],
     gamma_neg: float,
+    variables: Any = None,
 ) -> TrainState:
     """Initialises a :class:`TrainState`.
 
@@ -71,6 +72,9 @@ def create_train_state(
       tx: the optax optimizer.
       image_shape: ``(H, W, C)`` of the model input.
       gamma_neg: initial γ−.
+      variables: ``{"params", "batch_stats"}`` to start from (pretrained weights, see
+        :func:`asl_jax.models.pretrained.from_torch`) instead of the model's initialisation; pass
+        them as an argument of the jitted initialiser, not as a constant closed over.
 
     Returns:
       The initial state (step 0, EMA equal to the parameters).
@@ -78,9 +82,13 @@ def create_train_state(
     if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
         rng = jax.random.wrap_key_data(rng)
     init_key, step_key = jax.random.split(rng)
-    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
+    if variables is None:
+        images = jnp.zeros((1, *image_shape), jnp.float32)
+        variables = model.init(init_key, images, train=False)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables["params"])
+    batch_stats = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.float32), variables.get("batch_stats", {})
+    )
     zero = jnp.zeros((), jnp.int32)
     return TrainState(
         step=zero,

@@ -29,7 +29,12 @@ def _num_params(variables):
 @pytest.mark.parametrize(
     ("name", "expected"),
     # torchvision's parameter counts for 1000 classes: the same architectures.
-    [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)],
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+    ],
 )
 def test_resnet_parameter_counts_match_the_reference_architectures(name, expected):
     model = create_model(name, num_classes=1000)
@@ -97,8 +102,30 @@ def test_resolve_dtype_auto_is_float32_on_cpu():
         ({"name": "cnn", "num_classes": 0}, "num_classes=0"),
         ({"name": "cnn", "num_classes": 3, "dtype": "int8"}, "model.dtype='int8'"),
         ({"name": "cnn", "num_classes": 3, "width": -1}, "model.width=-1"),
+        (
+            {"name": "resnet18", "num_classes": 3, "normalization": "imagent"},
+            "model.normalization='imagent': expected one of auto, imagenet",
+        ),
     ],
 )
 def test_create_model_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         create_model(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "auto"), [("cnn", "centered"), ("resnet18", "imagenet"), ("resnet101", "imagenet")]
+)
+def test_normalization_is_a_model_attribute(name, auto):
+    assert create_model(name, num_classes=3).normalization == auto
+    assert create_model(name, num_classes=3, normalization="none").normalization == "none"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_variables_are_named_as_torch_modules(name):
+    """conv1, bn1, layer1/0/conv1, layer2/0/downsample/0, fc: the names the torch layout maps
+    (the values are compared with torchvision in test_models_pretrained.py)."""
+    params = _abstract_variables(create_model(name, num_classes=3))["params"]
+    assert set(params) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"}
+    assert set(params["layer2"]["0"]["downsample"]) == {"0", "1"}
+    assert params["conv1"]["kernel"].shape == (7, 7, 3, 64)

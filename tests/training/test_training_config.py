@@ -1,6 +1,7 @@
 """Tests of asl_jax.training.config: every invalid value is named before anything trains."""
 
 import importlib
+import pathlib
 import re
 
 import pytest
@@ -17,12 +18,24 @@ from asl_jax.training.config import (
 )
 from asl_jax.training.loop import itstime
 
-CONFIG_MODULES = ["default", "coco", "voc", "folder", "folder_cpu"]
-FOLDER_MODULES = ("folder", "folder_cpu")  # they need a real data.path
-
 
 def _config(module="default"):
     return importlib.import_module(f"train.configs.{module}").get_config()
+
+
+# Every config file that ships; the folder ones need a real data.path to pass the checks.
+CONFIG_MODULES = sorted(
+    p.stem
+    for p in (pathlib.Path(__file__).parents[2] / "train" / "configs").glob("*.py")
+    if p.stem != "__init__"
+)
+FOLDER_MODULES = tuple(m for m in CONFIG_MODULES if _config(m).data.name == "folder")
+
+
+def test_config_modules_are_found():
+    assert {"default", "coco", "voc", "folder", "folder_cpu", "folder_finetune"} <= set(
+        CONFIG_MODULES
+    )
 
 
 @pytest.mark.parametrize("module", CONFIG_MODULES)
@@ -79,6 +92,12 @@ def _set(config, dotted, value):
         ("loss.adaptive_step_size", 0.0, "loss.adaptive_step_size=0.0"),
         ("model.name", "vgg", "model.name='vgg': expected one of cnn, resnet18"),
         ("model.dtype", "int8", "model.dtype='int8'"),
+        ("model.normalization", "imagent", "model.normalization='imagent': expected one of auto"),
+        ("model.pretrained", 3, "model.pretrained=3: expected a string"),
+        ("model.pretrained", "timm:", "model.pretrained='timm:': expected a model name after"),
+        ("model.pretrained", "w.pth", "model.pretrained='w.pth' needs a model that can start"),
+        ("model.freeze_backbone_steps", -1, "model.freeze_backbone_steps=-1: expected an integ"),
+        ("model.freeze_backbone_steps", 5, "model.freeze_backbone_steps=5: expected 0 for model"),
         ("optimizer", "sgd", "optimizer='sgd': expected one of adam, adamw"),
         ("schedule", "step", "schedule='step'"),
         ("batch_size", 0, "batch_size=0: expected an integer >= 1"),
@@ -106,6 +125,23 @@ def test_invalid_values_name_the_field(field, value, message):
     with pytest.raises(ConfigError) as info:
         validate_config(config, num_devices=8)
     assert message in str(info.value)
+
+
+def test_pretrained_weights_need_the_models_own_width():
+    config = _config()
+    config.model.name, config.model.pretrained = "resnet50", "torchvision:resnet50"
+    with pytest.raises(ConfigError, match=re.escape("model.width=16: expected 0 (the model's")):
+        validate_config(config)
+    config.model.width = 0
+    validate_config(config)
+
+
+@pytest.mark.parametrize("module", ["coco", "voc", "folder_finetune"])
+def test_fine_tuning_recipes_are_the_official_one(module):
+    config = _config(module)
+    assert config.model.pretrained == "torchvision:resnet50" and config.model.width == 0
+    assert (config.optimizer, config.schedule, config.learning_rate) == ("adam", "onecycle", 1e-4)
+    assert config.weight_decay == 1e-4 and config.model.dtype == "auto"
 
 
 def test_num_epochs_zero_needs_num_steps():

@@ -28,9 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "cnn"  # cnn | resnet18 | resnet34 | resnet50
+    config.model.name = "cnn"  # cnn | resnet18 | resnet34 | resnet50 | resnet101
     config.model.width = 16  # channels of the first stage (0 = the model's default)
     config.model.dtype = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
+    # "" = from scratch | a .pth/.pt/.safetensors file | "torchvision:<name>" | "timm:<name>"
+    config.model.pretrained = ""
+    config.model.normalization = "auto"  # auto = what the weights expect (resolved at start)
+    config.model.freeze_backbone_steps = 0  # > 0: only the classifier head trains at first
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "shapes"  # shapes | folder | voc2007 | coco2017

@@ -5,7 +5,7 @@
 
 A ResNet-18 at 224 px trained from scratch for 30 epochs: a GPU-sized recipe for thousands of
 images (``model.width=0`` = the ResNet's own width, 64 channels in the first stage; pretrained
-backbones are not supported yet). On a CPU, or with a few hundred images, start from
+backbones: ``folder_finetune.py``). On a CPU, or with a few hundred images, start from
 ``train/configs/folder_cpu.py``. A train split smaller than ``batch_size`` trains with a smaller
 batch (with a warning); adjust ``model.name``, ``data.image_size``, ``batch_size`` and
 ``num_epochs`` to your data and hardware.

@@ -1,0 +1,448 @@
+"""Start from PyTorch weights: read a checkpoint, check it against the model, convert it.
+
+The weights of every model whose :class:`~asl_jax.models.ModelSpec` has a
+:class:`~asl_jax.models.TorchLayout` (``asl_jax.models.pretrained_model_names()``) convert both
+ways between a PyTorch ``state_dict`` and Flax variables:
+
+- :func:`load_state_dict` reads a ``.pth`` / ``.pt`` file (``torch.load(weights_only=True)``:
+  tensors only, never arbitrary pickled objects) or a ``.safetensors`` file (no torch needed);
+- :func:`from_torch` checks every key and shape against the model before converting (a partial
+  load is an error, never silent) and keeps the classifier head when it fits ``num_classes`` or
+  re-initialises it;
+- :func:`to_torch` is the inverse: a ``state_dict`` that the torch model loads with
+  ``strict=True``;
+- :func:`load_pretrained` resolves the config value ``model.pretrained`` (a file,
+  ``torchvision:<name>`` or ``timm:<name>``) and :func:`resolve_normalization` the input
+  normalisation the weights expect.
+
+torch, torchvision and timm are optional (``pip install "asl-jax[torch]"``): they are imported only
+by the functions that need them.
+
+Example (a torchvision ResNet-50 checkpoint, fine-tuned for 20 classes)::
+
+    from asl_jax.models import create_model
+    from asl_jax.models.pretrained import from_torch, load_state_dict
+
+    state_dict = load_state_dict("resnet50-11ad3fa6.pth")
+    variables = from_torch("resnet50", state_dict, num_classes=20, rng=jax.random.key(0))
+    model = create_model("resnet50", num_classes=20, normalization="imagenet")
+    logits = model.apply(variables, images, train=False)  # images in [0, 1], [B, H, W, 3]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asl_jax.models import MODELS, TorchLayout, create_model, pretrained_model_names
+from asl_jax.models.normalization import NORMALIZATIONS
+from asl_jax.models.torch_layout import NUM_BATCHES_TRACKED
+
+__all__ = [
+    "PRETRAINED_SOURCES",
+    "convert_torch",
+    "from_torch",
+    "load_pretrained",
+    "load_state_dict",
+    "parse_pretrained",
+    "resolve_normalization",
+    "to_torch",
+]
+
+_LOG = logging.getLogger(__name__)
+#: Packages ``model.pretrained='<package>:<model name>'`` builds weights with.
+PRETRAINED_SOURCES = ("torchvision", "timm")
+#: File extensions :func:`load_state_dict` reads.
+TORCH_EXTENSIONS = (".pth", ".pt")
+SAFETENSORS_EXTENSIONS = (".safetensors",)
+_SHOWN = 5  # keys listed per kind of mismatch
+_TORCH_EXTRA = 'pip install "asl-jax[torch]"'
+
+
+def _layout(name: str) -> TorchLayout:
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODELS)}")
+    layout = MODELS[name].torch
+    if layout is None:
+        raise ValueError(
+            f"model.name={name!r} has no PyTorch layout, so it cannot start from PyTorch "
+            f"weights; models that can: {', '.join(pretrained_model_names())}"
+        )
+    return layout
+
+
+def _is_head(key: str, head: str) -> bool:
+    return key == head or key.startswith(head + ".")
+
+
+def _as_numpy(key: str, value: Any) -> np.ndarray:
+    """A torch tensor or array as a NumPy array (half / bfloat16 tensors widened to float32)."""
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    if isinstance(value, np.ndarray | np.generic):
+        return np.asarray(value)
+    raise ValueError(f"state-dict entry {key!r} is a {type(value).__name__}, not a tensor or array")
+
+
+def _clean(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """NumPy arrays without ``num_batches_tracked`` and without DataParallel's ``module.``."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            "expected a state dict (a mapping of names to tensors), got "
+            f"{type(state_dict).__name__}"
+        )
+    out = {}
+    for key, value in state_dict.items():
+        if key.rsplit(".", 1)[-1] == NUM_BATCHES_TRACKED:
+            continue
+        out[key.removeprefix("module.")] = _as_numpy(key, value)
+    return out
+
+
+def _model_variables(
+    name: str, num_classes: int, image_size: int, rng: jax.Array | None = None
+) -> Any:
+    """The model's variables: initialised from ``rng``, or shapes only (zeros) without it."""
+    model = create_model(name, num_classes=num_classes)
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    if rng is not None:
+        if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+            rng = jax.random.wrap_key_data(rng)
+        from asl_jax.training.parallel import FAST_COMPILE
+
+        # Run once: on CPU, skip XLA's expensive optimisations (random initialisers unroll).
+        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+        init = jax.jit(lambda key: model.init(key, images, train=False), compiler_options=options)
+        return jax.device_get(init(rng))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _mismatch_error(
+    name: str, num_classes: int, missing: list[str], unexpected: list[str], shapes: list[str]
+) -> ValueError:
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            shown = ", ".join(items[:_SHOWN]) + (", …" if len(items) > _SHOWN else "")
+            label = "shape mismatch(es)" if what == "shape" else f"{what} key(s)"
+            parts.append(f"{len(items)} {label}: {shown}")
+    return ValueError(
+        f"the state dict does not fit model {name!r} (num_classes={num_classes}): "
+        + "; ".join(parts)
+    )
+
+
+def _check(
+    name: str, state_dict: dict[str, np.ndarray], expected: dict[str, tuple], num_classes: int
+) -> bool:
+    """Raises on any difference outside the head; returns whether the head fits as it is."""
+    head = _layout(name).head
+    body = [k for k in expected if not _is_head(k, head)]
+    missing = [k for k in body if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected and not _is_head(k, head)]
+    shapes = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {expected[k]})"
+        for k in body
+        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    if missing or unexpected or shapes:
+        raise _mismatch_error(name, num_classes, missing, unexpected, shapes)
+    head_keys = {k for k in expected if _is_head(k, head)}
+    given = {k for k in state_dict if _is_head(k, head)}
+    return given == head_keys and all(tuple(state_dict[k].shape) == expected[k] for k in head_keys)
+
+
+def convert_torch(
+    name: str,
+    state_dict: Mapping[str, Any],
+    *,
+    num_classes: int,
+    rng: jax.Array | None = None,
+    image_size: int = 224,
+) -> tuple[dict[str, Any], str]:
+    """:func:`from_torch`, also returning a one-line description of what happened to the head."""
+    layout = _layout(name)
+    arrays = _clean(state_dict)
+    expected = {
+        k: tuple(v.shape)
+        for k, v in layout.to_torch(_model_variables(name, num_classes, image_size)).items()
+    }
+    if _check(name, arrays, expected, num_classes):
+        note = f"head {layout.head!r} kept ({num_classes} classes)"
+    else:
+        given = [f"{k} {tuple(arrays[k].shape)}" for k in arrays if _is_head(k, layout.head)]
+        if rng is None:
+            raise ValueError(
+                f"the head {layout.head!r} of the state dict ({', '.join(given) or 'absent'}) "
+                f"does not fit num_classes={num_classes}: pass rng to re-initialise it"
+            )
+        fresh = layout.to_torch(_model_variables(name, num_classes, image_size, rng))
+        arrays = {k: v for k, v in arrays.items() if not _is_head(k, layout.head)}
+        arrays.update({k: v for k, v in fresh.items() if _is_head(k, layout.head)})
+        note = (
+            f"head {layout.head!r} re-initialised for {num_classes} classes (the state dict's: "
+            f"{', '.join(given) or 'absent'})"
+        )
+    variables = layout.to_flax(arrays)
+    reference = jax.eval_shape(
+        lambda: create_model(name, num_classes=num_classes).init(
+            jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False
+        )
+    )
+    got = jax.tree.map(lambda a: tuple(a.shape), dict(variables))
+    if got != jax.tree.map(lambda s: tuple(s.shape), dict(reference)):
+        raise ValueError(f"the torch layout of {name!r} does not produce the model's variables")
+    return variables, note
+
+
+def from_torch(
+    name: str,
+    state_dict: Mapping[str, Any],
+    *,
+    num_classes: int,
+    rng: jax.Array | None = None,
+    image_size: int = 224,
+) -> dict[str, Any]:
+    """Flax variables (``{"params", "batch_stats"}``) of model ``name`` from a PyTorch state dict.
+
+    Every key and shape is checked first: missing keys, unexpected keys and shape mismatches
+    (the first few of each) raise one ``ValueError``. ``num_batches_tracked`` buffers and a
+    ``module.`` prefix (``DataParallel``) are ignored. The classifier head (the layout's
+    ``head`` prefix, ``fc`` for ResNets) is kept when its shapes fit ``num_classes`` (an 80-class
+    COCO checkpoint for 80 classes) and otherwise re-initialised from ``rng``, as the model
+    would initialise it; which of the two happened is logged (``logging``, this module's logger).
+
+    Args:
+      name: a model of :data:`asl_jax.models.MODELS` with a torch layout.
+      state_dict: torch names -> NumPy arrays or torch tensors (:func:`load_state_dict`).
+      num_classes: the logits of the model to build.
+      rng: a PRNG key, needed when the head is re-initialised.
+      image_size: input side used to initialise the model (matters only for models whose
+        parameters depend on it, e.g. position embeddings).
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}`` of float32 NumPy arrays, for ``model.apply``.
+
+    Example:
+      >>> import torchvision  # doctest: +SKIP
+      >>> sd = torchvision.models.resnet50().state_dict()  # doctest: +SKIP
+      >>> v = from_torch("resnet50", sd, num_classes=20, rng=jax.random.key(0))  # doctest: +SKIP
+      >>> v["params"]["fc"]["kernel"].shape  # doctest: +SKIP
+      (2048, 20)
+    """
+    variables, note = convert_torch(
+        name, state_dict, num_classes=num_classes, rng=rng, image_size=image_size
+    )
+    _LOG.info("from_torch(%r): %s", name, note)
+    return variables
+
+
+def to_torch(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The PyTorch state dict of Flax ``variables`` of model ``name`` (the inverse of
+    :func:`from_torch`), with zero ``num_batches_tracked`` buffers so that strict loading works.
+
+    Example:
+      >>> sd = to_torch("resnet50", variables)  # doctest: +SKIP
+      >>> torchvision.models.resnet50(num_classes=20).load_state_dict(  # doctest: +SKIP
+      ...     {k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    """
+    out = _layout(name).to_torch(jax.device_get(dict(variables)))
+    for key in [k for k in out if k.endswith(".running_mean")]:
+        out[key.removesuffix("running_mean") + NUM_BATCHES_TRACKED] = np.zeros((), np.int64)
+    return out
+
+
+def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
+    """The state dict of a checkpoint: itself, or nested under ``"state_dict"`` / ``"model"``."""
+    while isinstance(obj, Mapping):
+        if any(hasattr(v, "shape") for v in obj.values()):
+            return obj
+        inner = next(
+            (obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None
+        )
+        if inner is None:
+            keys = ", ".join(map(str, list(obj)[:_SHOWN])) or "none"
+            raise ValueError(
+                f"{path} holds no tensors (top-level keys: {keys}); expected a state dict, or "
+                "one under the key 'state_dict' or 'model'"
+            )
+        obj = inner
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+
+
+def _torch_load(path: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs torch ({_TORCH_EXTRA}); or convert it to .safetensors"
+        ) from None
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path} is not a weights-only PyTorch file (it pickles other objects, which are "
+            f"never loaded: {first})"
+        ) from None
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Reads a PyTorch checkpoint as ``{torch name: NumPy array}``.
+
+    ``.pth`` / ``.pt``: ``torch.load(map_location="cpu", weights_only=True)``, which refuses
+    anything but tensors and plain containers (torch is imported only here);
+    ``.safetensors``: ``safetensors.numpy.load_file`` (no torch needed). A checkpoint that nests
+    its state dict under ``"state_dict"`` (timm's training checkpoints) or ``"model"`` (the
+    official ASL code's) is unwrapped.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: an unknown extension, a file without tensors, a file that pickles objects.
+
+    Example:
+      >>> sd = load_state_dict("tresnet_m_coco.pth")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in TORCH_EXTENSIONS + SAFETENSORS_EXTENSIONS:
+        raise ValueError(
+            f"weights file {path}: unknown extension {ext or '(none)'!r}; expected one of "
+            f"{', '.join(TORCH_EXTENSIONS + SAFETENSORS_EXTENSIONS)}"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} not found")
+    if ext in SAFETENSORS_EXTENSIONS:
+        from safetensors.numpy import load_file
+
+        obj: Any = load_file(path)
+    else:
+        obj = _torch_load(path)
+    state_dict = _unwrap(obj, path)
+    return {key: _as_numpy(key, value) for key, value in state_dict.items()}
+
+
+def parse_pretrained(spec: str) -> tuple[str, str]:
+    """``model.pretrained`` as ``(kind, value)``: ``("", "")`` (from scratch),
+    ``("file", path)``, ``("torchvision", model name)`` or ``("timm", model name)``.
+
+    Example:
+      >>> parse_pretrained("torchvision:resnet50"), parse_pretrained("w/r50.pth")
+      (('torchvision', 'resnet50'), ('file', 'w/r50.pth'))
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"model.pretrained={spec!r}: expected a string")
+    if not spec:
+        return "", ""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in PRETRAINED_SOURCES:
+        if not rest:
+            raise ValueError(
+                f"model.pretrained={spec!r}: expected a model name after {prefix + ':'!r}, "
+                f"e.g. {prefix}:resnet50"
+            )
+        return prefix, rest
+    return "file", spec
+
+
+def _timm_normalization(model_name: str) -> str:
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:
+        raise ValueError(
+            f"model.pretrained='timm:{model_name}' needs timm ({_TORCH_EXTRA})"
+        ) from None
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise ValueError(f"model.pretrained='timm:{model_name}': timm has no such pretrained model")
+    for norm, (mean, std) in NORMALIZATIONS.items():
+        if np.allclose(cfg.mean, mean, atol=1e-3) and np.allclose(cfg.std, std, atol=1e-3):
+            return norm
+    raise ValueError(
+        f"model.pretrained='timm:{model_name}': its weights expect mean {cfg.mean} and std "
+        f"{cfg.std}, none of the normalisations {', '.join(NORMALIZATIONS)}"
+    )
+
+
+def resolve_normalization(model_name: str, pretrained: str, normalization: str = "auto") -> str:
+    """The input normalisation of a run: ``normalization`` unless it is ``"auto"``; then the one
+    the weights expect (``imagenet`` for torchvision's, timm's from its pretrained config, the
+    layout's for a file) or, from scratch, the model's own.
+
+    Example:
+      >>> resolve_normalization("resnet50", "torchvision:resnet50")
+      'imagenet'
+    """
+    if normalization != "auto":
+        return normalization
+    kind, value = parse_pretrained(pretrained)
+    if kind == "":
+        return MODELS[model_name].normalization
+    if kind == "torchvision":
+        return "imagenet"  # every torchvision classification weight uses ImageNet statistics
+    if kind == "timm":
+        return _timm_normalization(value)
+    return _layout(model_name).normalization
+
+
+def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.ndarray]:
+    """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package."""
+    try:
+        if kind == "torchvision":
+            import torchvision
+
+            model = torchvision.models.get_model(model_name, weights="DEFAULT")
+        else:
+            import timm
+
+            model = timm.create_model(model_name, pretrained=True)
+    except ImportError as e:
+        raise ValueError(f"model.pretrained={spec!r} needs {e.name} ({_TORCH_EXTRA})") from None
+    except Exception as e:  # no network, unknown model name, corrupt cache...
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"model.pretrained={spec!r}: {kind} could not provide the weights "
+            f"({type(e).__name__}: {first}); without internet access, pass a weights file "
+            "instead: model.pretrained=/path/to/weights.pth (or .safetensors)"
+        ) from None
+    return _clean(model.state_dict())
+
+
+def load_pretrained(
+    model_name: str, pretrained: str, *, num_classes: int, rng: jax.Array, image_size: int = 224
+) -> tuple[dict[str, Any], str]:
+    """Flax variables for ``model.pretrained`` (a file, ``torchvision:<name>``,
+    ``timm:<name>``), checked and converted by :func:`convert_torch`, and a one-line description
+    (where the weights come from, what happened to the head).
+
+    Raises:
+      FileNotFoundError, ValueError: see :func:`load_state_dict`, :func:`from_torch`; a
+        download that fails (offline) names the fix: pass a weights file.
+    """
+    kind, value = parse_pretrained(pretrained)
+    if kind == "":
+        raise ValueError("model.pretrained is empty: nothing to load")
+    _layout(model_name)
+    if kind == "file":
+        state_dict = load_state_dict(value)
+    else:
+        state_dict = _download_state_dict(kind, value, pretrained)
+    try:
+        variables, note = convert_torch(
+            model_name, state_dict, num_classes=num_classes, rng=rng, image_size=image_size
+        )
+    except ValueError as e:
+        raise ValueError(f"model.pretrained={pretrained!r}: {e}") from None
+    return variables, f"{model_name} initialised from {pretrained}: {note}"
