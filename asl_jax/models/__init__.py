@@ -1,7 +1,11 @@
-"""Image classifiers for the training application: a small CNN and ResNet-18/34/50.
+"""Image classifiers for the training application: a small CNN, ResNet-18/34/50, TResNet-M/L
+(the ASL paper's backbone) and ViT-B/16.
 
 Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, is called with ``train=bool``
-(batch norm: ``mutable=["batch_stats"]`` when training) and returns float32 logits ``[B, K]``.
+(batch norm: ``mutable=["batch_stats"]`` when training; ViT has no batch statistics) and returns
+float32 logits ``[B, K]``. TResNet and ViT are numerically equal to timm's ``tresnet_m``,
+``tresnet_l`` and ``vit_base_patch16_224``; their modules convert timm state dicts
+(``torch_to_flax``/``flax_to_torch``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import jax.numpy as jnp
 
 from asl_jax.models.cnn import SmallCNN
 from asl_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet34, ResNet50
+from asl_jax.models.tresnet import TResNet, TResNetL, TResNetM
+from asl_jax.models.vit import VisionTransformer, ViTB16
 
 __all__ = [
     "DTYPE_NAMES",
@@ -29,6 +35,11 @@ __all__ = [
     "ResNet34",
     "ResNet50",
     "SmallCNN",
+    "TResNet",
+    "TResNetL",
+    "TResNetM",
+    "ViTB16",
+    "VisionTransformer",
     "create_model",
     "resolve_dtype",
 ]
@@ -59,6 +70,9 @@ MODELS: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(ResNet18, "num_filters", ResNet.num_filters),
     "resnet34": ModelSpec(ResNet34, "num_filters", ResNet.num_filters),
     "resnet50": ModelSpec(ResNet50, "num_filters", ResNet.num_filters),
+    "tresnet_m": ModelSpec(TResNetM, "width", TResNetM.keywords["width"]),
+    "tresnet_l": ModelSpec(TResNetL, "width", TResNetL.keywords["width"]),
+    "vit_b16": ModelSpec(ViTB16, "hidden_size", ViTB16.keywords["hidden_size"]),
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -93,11 +107,15 @@ def create_model(
     """Builds a classifier by name.
 
     Args:
-      name: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``.
+      name: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"``, ``"resnet50"``,
+        ``"tresnet_m"``, ``"tresnet_l"`` (:class:`TResNet`, no input normalisation; image sides
+        multiples of 4) or ``"vit_b16"`` (:class:`VisionTransformer`, mean = std = 0.5 input
+        normalisation; image sides multiples of 16, any number of patches).
       num_classes: number of output logits (labels).
       dtype: compute dtype (parameters are float32; logits are float32 whatever the dtype).
-      width: channels of the first stage (``None`` = the model's default: 32 for the CNN, 64 for
-        the ResNets).
+      width: channels of the first stage, the token width for ViT (``None`` = the model's
+        default: 32 for the CNN, 64 for the ResNets and TResNet-M, 76 for TResNet-L, 768 for
+        ViT-B/16, which needs a multiple of its 12 heads).
 
     Returns:
       A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
