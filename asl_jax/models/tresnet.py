@@ -1,4 +1,4 @@
-"""TResNet-M/L (Ridnik et al., 2021) in Flax Linen, numerically equal to timm's ``tresnet_m``/``_l``.
+"""TResNet-M/L (Ridnik et al., 2021) in Flax Linen, equal to timm's ``tresnet_m``/``tresnet_l``.
 
 The backbone of the ASL paper. Space-to-depth stem (4×4 blocks to channels), anti-aliased
 downsampling (a fixed 3×3 binomial blur with stride 2 after the strided convolutions), squeeze-and-
@@ -280,7 +280,10 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> str:
 
 
 def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """timm's TResNet state dict (names and shapes; no ``num_batches_tracked``) of Flax variables."""
+    """timm's TResNet state dict of Flax variables (timm names and shapes, with the head).
+
+    ``num_batches_tracked`` buffers are left out (torch's batch norm loads without them).
+    """
     out = {}
     for collection in ("params", "batch_stats"):
         flat = jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0]

@@ -70,7 +70,7 @@ def resize_pos_embed(
     """
     num_tokens = pos_embed.shape[1] - 1
     if old_grid is None:
-        side = int(round(num_tokens**0.5))
+        side = round(num_tokens**0.5)
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != num_tokens:
         raise ValueError(f"pos_embed with {num_tokens} patch tokens: not a {old_grid} grid")
@@ -158,7 +158,9 @@ class VisionTransformer(nn.Module):
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))
         side = self.img_size // p
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + side * side, d))
-        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(self.dtype), x.reshape(b, -1, d)], 1)
+        x = jnp.concatenate(
+            [jnp.broadcast_to(cls, (b, 1, d)).astype(self.dtype), x.reshape(b, -1, d)], 1
+        )
         x = x + resize_pos_embed(pos, (gh, gw)).astype(self.dtype)
         mlp_dim = int(d * self.mlp_ratio)
         for i in range(self.depth):
@@ -186,11 +188,17 @@ class VisionTransformer(nn.Module):
 ViTB16 = partial(VisionTransformer, hidden_size=768, depth=12, num_heads=12, patch_size=16)
 
 
+_KEY_PATTERN = (
+    r"(patch_embed\.proj|norm|head"
+    r"|blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2))\.(weight|bias)"
+)
+
+
 def _flax_path(key: str) -> tuple[str, ...]:
     """The Flax parameter path of a timm ViT state-dict key."""
     if key in ("cls_token", "pos_embed"):
         return (key,)
-    m = re.fullmatch(r"(patch_embed\.proj|norm|head|blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2))\.(weight|bias)", key)  # fmt: skip
+    m = re.fullmatch(_KEY_PATTERN, key)
     if m is None:
         raise ValueError(f"ViT state dict: unexpected key {key!r}")
     module, block, layer, leaf = m.groups()

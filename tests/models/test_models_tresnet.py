@@ -84,7 +84,9 @@ def _legacy_name(key):
     key = key.replace(".downsample.1.conv.", ".downsample.1.0.")
     key = key.replace(".downsample.1.bn.", ".downsample.1.1.")
     for conv in ("conv1", "conv2", "conv3"):
-        key = key.replace(f"{conv}.conv.", f"{conv}{inner}.0.").replace(f"{conv}.bn.", f"{conv}{inner}.1.")
+        key = key.replace(f"{conv}.conv.", f"{conv}{inner}.0.").replace(
+            f"{conv}.bn.", f"{conv}{inner}.1."
+        )
     return key
 
 
@@ -104,14 +106,20 @@ def test_official_asl_names_are_accepted():
 
 
 def test_unknown_key_is_rejected():
-    with pytest.raises(ValueError, match="TResNet state dict: unexpected key 'body.fc.weight'"):
-        tr.torch_to_flax({"body.conv1.conv.weight": np.zeros((4, 48, 3, 3)), "body.fc.weight": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"TResNet state dict: unexpected key 'body\.fc\.weight'"):
+        tr.torch_to_flax(
+            {"body.conv1.conv.weight": np.zeros((4, 48, 3, 3)), "body.fc.weight": np.zeros(2)}
+        )
 
 
-@pytest.mark.parametrize(("name", "expected"), [("tresnet_m", 31_389_032), ("tresnet_l", 55_989_256)])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("tresnet_m", 31_389_032), ("tresnet_l", 55_989_256)]
+)
 def test_parameter_counts_match_timm(name, expected):
     model = create_model(name, num_classes=1000)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+    )
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"])) == expected
 
 
@@ -129,7 +137,10 @@ def test_bfloat16_training_forward_gives_float32_logits_under_jit():
     assert logits.shape == (2, 3) and logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
     assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
-    before, after = jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updates["batch_stats"])
+    before, after = (
+        jax.tree.leaves(variables["batch_stats"]),
+        jax.tree.leaves(updates["batch_stats"]),
+    )
     assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
