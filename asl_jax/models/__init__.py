@@ -1,9 +1,12 @@
-"""Image classifiers for the training application: a small CNN and ResNet-18/34/50/101.
+"""Image classifiers for the training application: a small CNN, ResNet-18/34/50/101, TResNet-M/L
+(the ASL paper's backbone) and ViT-B/16.
 
 Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, normalises them itself (the
 ``normalization`` attribute), is called with ``train=bool`` (batch norm:
-``mutable=["batch_stats"]`` when training) and returns float32 logits ``[B, K]``. Models with a
-:class:`TorchLayout` can start from PyTorch weights (:mod:`asl_jax.models.pretrained`).
+``mutable=["batch_stats"]`` when training; ViT has no batch statistics) and returns float32 logits
+``[B, K]``. ResNets are numerically equal to torchvision's, TResNet and ViT to timm's
+``tresnet_m``, ``tresnet_l`` and ``vit_base_patch16_224``; models with a :class:`TorchLayout` can
+start from PyTorch weights (:mod:`asl_jax.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models import resnet
+from asl_jax.models import resnet, tresnet, vit
 from asl_jax.models.cnn import SmallCNN
 from asl_jax.models.normalization import NORMALIZATION_NAMES, NORMALIZATIONS
 from asl_jax.models.resnet import (
@@ -29,6 +32,8 @@ from asl_jax.models.resnet import (
     ResNet101,
 )
 from asl_jax.models.torch_layout import TorchLayout
+from asl_jax.models.tresnet import TResNet, TResNetL, TResNetM
+from asl_jax.models.vit import VisionTransformer, ViTB16
 
 __all__ = [
     "DTYPE_NAMES",
@@ -45,7 +50,12 @@ __all__ = [
     "ResNet50",
     "ResNet101",
     "SmallCNN",
+    "TResNet",
+    "TResNetL",
+    "TResNetM",
     "TorchLayout",
+    "ViTB16",
+    "VisionTransformer",
     "create_model",
     "default_normalization",
     "pretrained_model_names",
@@ -86,6 +96,25 @@ _TORCHVISION_RESNET = TorchLayout(
 )
 
 
+# timm's TResNet and ViT: the Flax classifier is the module ``head`` in both.
+_TIMM_TRESNET = TorchLayout(
+    to_flax=tresnet.torch_to_flax,
+    to_torch=tresnet.flax_to_torch,
+    head=tresnet.TORCH_HEAD,
+    normalization="none",
+    source="timm",
+    flax_head="head",
+)
+_TIMM_VIT = TorchLayout(
+    to_flax=vit.torch_to_flax,
+    to_torch=vit.flax_to_torch,
+    head=vit.TORCH_HEAD,
+    normalization=VisionTransformer.normalization,
+    source="timm",
+    flax_head="head",
+)
+
+
 def _resnet(build: Callable[..., nn.Module]) -> ModelSpec:
     return ModelSpec(
         build, "num_filters", ResNet.num_filters, ResNet.normalization, _TORCHVISION_RESNET
@@ -99,6 +128,15 @@ MODELS: dict[str, ModelSpec] = {
     "resnet34": _resnet(ResNet34),
     "resnet50": _resnet(ResNet50),
     "resnet101": _resnet(ResNet101),
+    "tresnet_m": ModelSpec(TResNetM, "width", TResNetM.keywords["width"], "none", _TIMM_TRESNET),
+    "tresnet_l": ModelSpec(TResNetL, "width", TResNetL.keywords["width"], "none", _TIMM_TRESNET),
+    "vit_b16": ModelSpec(
+        ViTB16,
+        "hidden_size",
+        ViTB16.keywords["hidden_size"],
+        VisionTransformer.normalization,
+        _TIMM_VIT,
+    ),
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -146,11 +184,16 @@ def create_model(
     """Builds a classifier by name.
 
     Args:
-      name: a key of :data:`MODELS`: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, … .
+      name: a key of :data:`MODELS`: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"``,
+        ``"resnet50"``, ``"resnet101"`` (:class:`ResNet`), ``"tresnet_m"``, ``"tresnet_l"``
+        (:class:`TResNet`, no input normalisation; image sides multiples of 4) or ``"vit_b16"``
+        (:class:`VisionTransformer`, mean = std = 0.5 input normalisation; image sides
+        multiples of 16, any number of patches).
       num_classes: number of output logits (labels).
       dtype: compute dtype (parameters are float32; logits are float32 whatever the dtype).
-      width: channels of the first stage (``None`` = the model's default: 32 for the CNN, 64 for
-        the ResNets).
+      width: channels of the first stage, the token width for ViT (``None`` = the model's
+        default: 32 for the CNN, 64 for the ResNets and TResNet-M, 76 for TResNet-L, 768 for
+        ViT-B/16, which needs a multiple of its 12 heads).
       normalization: input normalisation, a name of :data:`NORMALIZATIONS`; ``"auto"`` = the
         model's own (:func:`default_normalization`). Pretrained weights need theirs
         (:func:`asl_jax.models.pretrained.resolve_normalization`).

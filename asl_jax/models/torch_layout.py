@@ -40,6 +40,8 @@ class TorchLayout:
         architecture expect, used for a weights file when ``model.normalization`` is ``"auto"``.
       source: the package whose models have this layout (``"torchvision"`` or ``"timm"``), for
         messages and for ``model.pretrained='<source>:<name>'``.
+      flax_head: the Flax module path of the head (``/``-free, ``.``-separated) when it is not
+        ``head`` itself (timm's TResNet: torch ``head.fc``, Flax ``head``); ``None`` = ``head``.
     """
 
     to_flax: Callable[[Mapping[str, np.ndarray]], dict[str, Any]]
@@ -47,6 +49,7 @@ class TorchLayout:
     head: str
     normalization: str
     source: str
+    flax_head: str | None = None
 
 
 def _set(tree: dict[str, Any], path: list[str], value: np.ndarray) -> None:

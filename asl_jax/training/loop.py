@@ -209,7 +209,8 @@ def build_programs(
         grad_clip_norm=float(config.grad_clip_norm) or None,
     )
     if config.model.freeze_backbone_steps:
-        head = head_mask(MODELS[config.model.name].torch.head)
+        layout = MODELS[config.model.name].torch
+        head = head_mask(layout.flax_head or layout.head)
         tx = optax.chain(tx, freeze_for(int(config.model.freeze_backbone_steps), head))
     init = parallel.jit_init(
         functools.partial(

@@ -173,7 +173,8 @@ def loss_and_logits(
     value = reduce_loss(
         elementwise_loss(logits, labels, loss, gamma_neg), loss.reduction, where=where
     )
-    return value, (logits, updates["batch_stats"])
+    # Models without batch norm (ViT) have no statistics to update.
+    return value, (logits, updates.get("batch_stats", state.batch_stats))
 
 
 def known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
