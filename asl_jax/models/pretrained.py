@@ -193,7 +193,8 @@ def convert_torch(
             f"head {layout.head!r} re-initialised for {num_classes} classes (the state dict's: "
             f"{', '.join(given) or 'absent'})"
         )
-    variables = layout.to_flax(arrays)
+    # A model without batch norm (ViT) has no ``batch_stats`` collection at all.
+    variables = {k: v for k, v in layout.to_flax(arrays).items() if v or k == "params"}
     reference = jax.eval_shape(
         lambda: create_model(name, num_classes=num_classes).init(
             jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False

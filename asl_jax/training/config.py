@@ -84,7 +84,9 @@ FIELDS: dict[str, str] = {
     "loss.adaptive_max_gamma_neg": "upper bound of the adaptive γ−",
     "model.name": ", ".join(MODEL_NAMES),
     "model.width": (
-        "channels of the first stage (0 = the model's default: 32 for cnn, 64 for the resnets)"
+        "channels of the first stage, the token width for vit (0 = the model's default: "
+        + ", ".join(f"{spec.default_width} for {name}" for name, spec in MODELS.items())
+        + ")"
     ),
     "model.dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
     "model.pretrained": (
