@@ -273,8 +273,9 @@ def read_workdir_config(workdir: str) -> Any:
     """
     import ml_collections
 
-    from asl_jax.training.config import ConfigError, validate_config
+    from asl_jax.training.config import OPERATIONAL_FIELDS, ConfigError, validate_config
     from asl_jax.training.records import read_json
+    from train.configs.default import get_config
 
     if not os.path.isdir(workdir):
         raise RunError(
@@ -283,7 +284,14 @@ def read_workdir_config(workdir: str) -> Any:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
-    config = ml_collections.ConfigDict(read_json(path))
+    stored = read_json(path)
+    # Operational fields added to the project since the run was trained (async_checkpoints...)
+    # count as their defaults: they do not change what the run computed.
+    defaults = get_config()
+    for name in OPERATIONAL_FIELDS:
+        if "." not in name and name not in stored and name in defaults:
+            stored[name] = defaults[name]
+    config = ml_collections.ConfigDict(stored)
     try:
         validate_config(config)
     except ConfigError as e:
