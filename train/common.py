@@ -279,17 +279,13 @@ class OpenRun:
     summary: dict[str, Any] | None
 
 
-def _with_model_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A run from before pretrained weights existed trained from scratch, normalising its
-    inputs as its model does by default: fill in those fields."""
-    from asl_jax.models import MODEL_NAMES, default_normalization
-
-    model = config.get("model")
-    if isinstance(model, dict) and model.get("name") in MODEL_NAMES:
-        model.setdefault("pretrained", "")
-        model.setdefault("normalization", default_normalization(model["name"]))
-        model.setdefault("freeze_backbone_steps", 0)
-    return config
+def _fill_missing(config: dict[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Sets, recursively, every field of ``defaults`` that ``config`` lacks."""
+    for key, value in defaults.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            _fill_missing(config[key], value)
+        else:
+            config.setdefault(key, value)
 
 
 def read_workdir_config(workdir: str) -> Any:
@@ -300,8 +296,10 @@ def read_workdir_config(workdir: str) -> Any:
     """
     import ml_collections
 
-    from asl_jax.training.config import ConfigError, validate_config
+    from asl_jax.training.config import OPERATIONAL_FIELDS, ConfigError, validate_config
+    from asl_jax.training.loop import added_field_defaults
     from asl_jax.training.records import read_json
+    from train.configs.default import get_config
 
     if not os.path.isdir(workdir):
         raise RunError(
@@ -310,7 +308,16 @@ def read_workdir_config(workdir: str) -> Any:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
-    config = ml_collections.ConfigDict(_with_model_defaults(read_json(path)))
+    stored = read_json(path)
+    # Fields added to the project since the run was trained count as what they meant for it
+    # (result fields: as the loop reads them on resume) or as their defaults (operational ones,
+    # async_checkpoints...: they do not change what the run computed).
+    _fill_missing(stored, added_field_defaults(stored))
+    defaults = get_config()
+    for name in OPERATIONAL_FIELDS:
+        if "." not in name and name not in stored and name in defaults:
+            stored[name] = defaults[name]
+    config = ml_collections.ConfigDict(stored)
     try:
         validate_config(config)
     except ConfigError as e:

@@ -8,6 +8,20 @@ Retention. Besides the ``max_to_keep`` newest checkpoints, the one of the best v
 metric of ``keep_best`` (a tie goes to the later step) is kept. The metrics of a checkpoint are
 given to :meth:`Checkpointer.save` and stored with it by Orbax, so the choice survives a restart.
 
+Asynchronous saves. By default (``async_save=True``) :meth:`Checkpointer.save` returns once the
+arrays are copied off the devices and Orbax writes them in a background thread while training
+goes on; the write of step ``t`` becomes visible (renamed to ``<t>``) only when complete. A new
+save first waits for the previous one (Orbax does), so two saves never race, and
+:meth:`Checkpointer.wait` / :meth:`Checkpointer.close` block until the last one is on disk: the
+training loop calls them before it reports success or an interruption, so a run never ends with
+a checkpoint half-written. ``async_save=False`` makes every save block until written.
+
+Orbax v1. The installed Orbax (0.12.8) has ``orbax.checkpoint.v1.training.Checkpointer``, an
+alias of ``orbax.checkpoint.experimental.v1``: its API is still experimental, and it is a wrapper
+of the same ``CheckpointManager`` (same preservation policies, async machinery and multi-host
+barriers), so it would add no guarantee to the ones above. This module stays on the stable
+``CheckpointManager`` API.
+
 Damage. A checkpoint can still be unreadable (a file truncated by a full disk, a storage fault):
 :meth:`Checkpointer.restore_newest_readable` then moves it aside to ``<step>.unreadable`` (kept
 for inspection; Orbax only sees integer names) and restores the next newest.
@@ -160,6 +174,8 @@ class Checkpointer:
       max_to_keep: how many of the most recent checkpoints to keep.
       keep_best: metric names (higher is better) whose best checkpoint is kept as well, among
         the metrics given to :meth:`save`.
+      async_save: write checkpoints in the background (see the module docstring); False makes
+        :meth:`save` return only once the checkpoint is on disk.
 
     Example:
       >>> ckpt = Checkpointer("/tmp/run/checkpoints")
@@ -173,6 +189,7 @@ class Checkpointer:
         *,
         max_to_keep: int = 3,
         keep_best: Sequence[str] = BEST_METRICS,
+        async_save: bool = True,
     ):
         self.directory = os.path.abspath(os.fspath(directory))
         self._keep_best = tuple(keep_best)
@@ -182,6 +199,7 @@ class Checkpointer:
             # Orbax stores the metrics of a save only when a best_fn is set; the retention
             # itself is the policy above.
             best_fn=functools.partial(_metric, self._keep_best[0]) if self._keep_best else None,
+            enable_async_checkpointing=bool(async_save),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -198,7 +216,11 @@ class Checkpointer:
         return os.path.join(self.directory, str(step))
 
     def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> int:
-        """Saves ``state`` under its step (asynchronously; see :meth:`wait`). Returns the step.
+        """Saves ``state`` under its step (in the background unless ``async_save=False``: see
+        :meth:`wait`). Returns the step.
+
+        It first waits for the previous save to finish, then blocks only while the arrays are
+        copied to host memory: the caller may then donate or overwrite ``state``.
 
         Args:
           state: the state to save.
@@ -290,10 +312,15 @@ class Checkpointer:
         self._manager.reload()
         return moved
 
+    def is_saving(self) -> bool:
+        """Whether a background save is still being written."""
+        return bool(self._manager.is_saving_in_progress())
+
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
+        """Blocks until pending asynchronous saves are on disk (re-raises their errors)."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the pending save, then releases Orbax's threads."""
         self._manager.wait_until_finished()
         self._manager.close()

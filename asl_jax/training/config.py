@@ -63,6 +63,10 @@ FIELDS: dict[str, str] = {
     "checkpoint_every": "checkpoint every this many steps (0 = only at the end / on interrupt)",
     "max_checkpoints_to_keep": "number of recent checkpoints kept (plus those of the best mAP "
     "and best EMA mAP)",
+    "async_checkpoints": (
+        "write checkpoints in the background while training goes on (False: each save blocks "
+        "until written); the last one is complete before the run returns either way"
+    ),
     "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
     "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
     "progress_bar": "show a progress bar (process 0)",
@@ -112,6 +116,7 @@ OPERATIONAL_FIELDS = frozenset(
         "eval_every",
         "checkpoint_every",
         "max_checkpoints_to_keep",
+        "async_checkpoints",
         "max_consecutive_nonfinite",
         "progress_bar",
         "tensorboard",
@@ -393,6 +398,7 @@ def _check_run(
     check.integer("eval_every", -1)
     check.integer("checkpoint_every", 0)
     check.integer("max_checkpoints_to_keep", 1)
+    check.boolean("async_checkpoints")
     check.integer("max_consecutive_nonfinite", 1)
     check.boolean("progress_bar")
     check.boolean("tensorboard")

@@ -60,6 +60,7 @@ from asl_jax.training.loss_registry import (
     parse_class_weights,
     resolve_class_weights,
 )
+from asl_jax.training.memory import check_batch_memory, check_dataset_memory
 from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
 from asl_jax.training.records import MetricsLog, read_json, summarize, write_json
 from asl_jax.training.state import TrainState, create_train_state
@@ -142,6 +143,7 @@ NON_PROGRAM_FIELDS = frozenset(
         "eval_every",
         "checkpoint_every",
         "max_checkpoints_to_keep",
+        "async_checkpoints",
         "max_consecutive_nonfinite",
         "threshold",
         "progress_bar",
@@ -238,18 +240,36 @@ def build_programs(
     return programs
 
 
+def _preemption_service() -> bool:
+    """Whether JAX's coordination service watches for SIGTERM on this host (several hosts).
+
+    ``jax.distributed.initialize`` starts a preemption sync manager (unless
+    ``jax_enable_preemption_service`` is off) whose notifier catches SIGTERM, or the cloud's
+    preemption notice, and tells every host.
+    """
+    if jax.process_count() == 1:
+        return False
+    from jax._src import distributed
+
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag that the loop reads at step boundaries.
 
     A second SIGINT while the flag is already set raises KeyboardInterrupt (the user insists).
-    Handlers are only installed from the main thread and are restored on exit.
+    Handlers are only installed from the main thread and are restored on exit. When JAX's
+    preemption service runs (:func:`_preemption_service`), SIGTERM is left to it: a Python
+    handler would replace its notifier, and the service is what tells the other hosts.
     """
 
     def __init__(self, install: bool):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self.preemption_service = _preemption_service()
+        signums = [signal.SIGINT] + ([] if self.preemption_service else [signal.SIGTERM])
         if install and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in signums:
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -396,12 +416,14 @@ def _setup(
     workdir = os.path.abspath(os.fspath(workdir))
     mesh = parallel.make_mesh() if mesh is None else mesh
     validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
+    check_dataset_memory(config)  # before a shapes dataset of an absurd size is generated
     if source is None:
         try:
             source = create_source(config.data, seed=int(config.seed))
         except ValueError as e:  # bad folder rows, TFDS dataset not prepared...
             raise ConfigError(f"data.name={config.data.name!r}: {e}") from e
     config = _fit_batch_size(config, source, mesh)
+    check_batch_memory(config, num_devices=mesh.size, local_devices=len(mesh.local_devices))
     config = _resolve_class_weights(config, source)
     config = _resolve_normalization(config)
     try:
@@ -418,7 +440,9 @@ def _setup(
     )
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=int(config.max_checkpoints_to_keep)
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=int(config.max_checkpoints_to_keep),
+        async_save=bool(config.async_checkpoints),
     )
     _refuse_other_config(config, workdir, ckpt, ckpt.latest_step())
     state, restored_step = _restore(ckpt, _initial_state(config, programs, ckpt, source))
@@ -718,14 +742,48 @@ def _evaluate_and_log(run: _Run) -> bool:
     return new_best
 
 
-def _interruption(stop: _StopFlag, by_request: bool) -> int | None:
-    """The signal that stops the run (0 = ``stop_at_step``), agreed by every host, or None."""
+def _interruption(stop: _StopFlag, step: int, by_request: bool, *, fetch: bool) -> int | None:
+    """The signal that stops the run after ``step`` (0 = ``stop_at_step``), or None.
+
+    Every host must stop after the same step, so that they write one checkpoint together (and
+    none waits forever in a collective). One host checks every step. Several hosts use:
+
+    - SIGTERM, when JAX's preemption service runs (``jax.distributed``'s default): the service
+      passes a SIGTERM of any host to all, and ``reached_preemption_sync_point`` names the same
+      step on each (one past the furthest host). It is a local call, made every step.
+    - Otherwise (SIGINT, SIGTERM without the service, ``stop_at_step``): an all-gather of the
+      flags at each metric fetch (``fetch``: every ``log_every`` steps, or every
+      ``max_consecutive_nonfinite`` when sooner). The fetch has already waited for the step, so
+      the collective of one integer per host adds about a millisecond where the host would
+      otherwise idle; every step it would stall the dispatch of the next step each time.
+    """
+    if stop.preemption_service:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.reached_preemption_sync_point(step):
+            return _announce_stop(step, int(signal.SIGTERM), "a preemption notice (SIGTERM)")
+    if jax.process_count() > 1 and not fetch:
+        return None
     if not _agree(stop.signum is not None or by_request):
         return None
     if stop.signum is not None:
-        return stop.signum
+        return _announce_stop(step, stop.signum, signal.Signals(stop.signum).name)
+    if by_request:
+        return 0
     # SIGTERM when only another host was signalled.
-    return 0 if by_request else int(signal.SIGTERM)
+    return _announce_stop(step, int(signal.SIGTERM), "a signal to another process")
+
+
+def _announce_stop(step: int, signum: int, cause: str) -> int:
+    """Says on each host of a multi-host run why and where it stops; returns ``signum``."""
+    if jax.process_count() > 1:
+        print(
+            f"process {jax.process_index()}/{jax.process_count()}: {cause}; stopping after step "
+            f"{step} and saving a checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return signum
 
 
 class _Profiler:
@@ -787,11 +845,11 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
             at_log = itstime(step, int(config.log_every), total)
             # Fetch at least every max_consecutive_nonfinite steps, so that a run of bad steps
             # is noticed when it reaches the limit.
-            if at_log or len(records.pending) >= int(config.max_consecutive_nonfinite):
+            fetch = at_log or len(records.pending) >= int(config.max_consecutive_nonfinite)
+            if fetch:
                 _check_finite(run, records)
-            # Several hosts must stop at the same step: they agree at log boundaries.
-            if jax.process_count() == 1 or at_log:
-                interrupted = _interruption(stop, stop_at_step is not None and step >= stop_at_step)
+            requested = stop_at_step is not None and step >= stop_at_step
+            interrupted = _interruption(stop, step, requested, fetch=fetch)
             new_best = False
             if itstime(step, eval_every, total):
                 _check_finite(run, records)

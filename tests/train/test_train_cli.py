@@ -244,7 +244,11 @@ def test_invalid_config_fails_before_training_with_the_field_named(tmp_path):
             ["--config.modle.width=3"],
             "unknown config key modle.width; did you mean model.width?",
         ),
-        ("train", ["--config.lr=1"], "unknown config key lr; the keys of config are augment, "),
+        (
+            "train",
+            ["--config.lr=1"],
+            "unknown config key lr; the keys of config are async_checkpoints, augment, ",
+        ),
         ("train", ["--config=nope.py"], "--config=nope.py: no such file"),
         (
             "train",

@@ -67,7 +67,11 @@ def _leaves(d, prefix=""):
         ("data.img_size", "unknown config key data.img_size; did you mean data.image_size?"),
         ("modle.width", "unknown config key modle.width; did you mean model.width?"),
         ("data.zzz", "unknown config key data.zzz; the keys of data are data."),
-        ("zzz.a", "unknown config key zzz.a; the keys of config are augment, batch_size"),
+        (
+            "zzz.a",
+            "unknown config key zzz.a; the keys of config are async_checkpoints, augment, "
+            "batch_size",
+        ),
     ],
 )
 def test_an_unknown_config_key_names_the_closest_or_lists_the_group(override, message):

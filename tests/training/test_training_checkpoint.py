@@ -249,3 +249,35 @@ def test_only_the_reports_of_abandoned_reads_are_dropped(message, error, dropped
     record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, None)
     record.exc_info = (type(error), error, None)
     assert _ReadNoiseFilter().filter(record) is not dropped
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_save_is_complete_once_waited_for(undamaged, tmp_path, async_save):
+    ckpt = Checkpointer(tmp_path, async_save=async_save)
+    try:
+        ckpt.save(undamaged.state)
+        if not async_save:  # a synchronous save is on disk when save returns
+            assert not ckpt.is_saving() and ckpt.latest_step() == 10
+        ckpt.wait()
+        assert not ckpt.is_saving() and ckpt.all_steps() == [10]
+        assert sorted(os.listdir(tmp_path)) == ["10"]  # no temporary directory left
+        _assert_same_state(ckpt.restore(undamaged.state), undamaged.state)
+    finally:
+        ckpt.close()
+
+
+def test_a_synchronous_run_ends_like_an_asynchronous_one(undamaged, cache_dir, tmp_path):
+    config = _damage_config(cache_dir)
+    config.async_checkpoints = False
+    run = train_and_evaluate(config, tmp_path, handle_signals=False)
+    assert _steps(tmp_path) == _steps(undamaged.workdir) == ["8", "10"]
+    _assert_same_state(run.state, undamaged.state)
+
+
+def test_a_workdir_from_before_async_checkpoints_opens(undamaged, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(undamaged.workdir, workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    del config["async_checkpoints"]
+    (workdir / "config.json").write_text(json.dumps(config))
+    assert evaluate_workdir(workdir, output="")["step"] == 10

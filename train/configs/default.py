@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = -1  # -1 = auto: at least 8 evaluations (every total steps // 8)
     config.checkpoint_every = 256
     config.max_checkpoints_to_keep = 2
+    config.async_checkpoints = True  # write checkpoints in the background
     config.max_consecutive_nonfinite = 20
     config.threshold = 0.5
     config.progress_bar = True
