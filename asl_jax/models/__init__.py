@@ -96,23 +96,20 @@ _TORCHVISION_RESNET = TorchLayout(
 )
 
 
-# timm's TResNet and ViT: the Flax classifier is the module ``head`` in both.
-_TIMM_TRESNET = TorchLayout(
-    to_flax=tresnet.torch_to_flax,
-    to_torch=tresnet.flax_to_torch,
-    head=tresnet.TORCH_HEAD,
-    normalization="none",
-    source="timm",
-    flax_head="head",
-)
-_TIMM_VIT = TorchLayout(
-    to_flax=vit.torch_to_flax,
-    to_torch=vit.flax_to_torch,
-    head=vit.TORCH_HEAD,
-    normalization=VisionTransformer.normalization,
-    source="timm",
-    flax_head="head",
-)
+def _timm_layout(module: Any, normalization: str) -> TorchLayout:
+    """timm's TResNet and ViT (``module`` has their converters); the Flax head is ``head``."""
+    return TorchLayout(
+        to_flax=module.torch_to_flax,
+        to_torch=module.flax_to_torch,
+        head=module.TORCH_HEAD,
+        normalization=normalization,
+        source="timm",
+        flax_head="head",
+    )
+
+
+_TIMM_TRESNET = _timm_layout(tresnet, TResNet.normalization)
+_TIMM_VIT = _timm_layout(vit, VisionTransformer.normalization)
 
 
 def _resnet(build: Callable[..., nn.Module]) -> ModelSpec:
@@ -128,8 +125,12 @@ MODELS: dict[str, ModelSpec] = {
     "resnet34": _resnet(ResNet34),
     "resnet50": _resnet(ResNet50),
     "resnet101": _resnet(ResNet101),
-    "tresnet_m": ModelSpec(TResNetM, "width", TResNetM.keywords["width"], "none", _TIMM_TRESNET),
-    "tresnet_l": ModelSpec(TResNetL, "width", TResNetL.keywords["width"], "none", _TIMM_TRESNET),
+    "tresnet_m": ModelSpec(
+        TResNetM, "width", TResNetM.keywords["width"], TResNet.normalization, _TIMM_TRESNET
+    ),
+    "tresnet_l": ModelSpec(
+        TResNetL, "width", TResNetL.keywords["width"], TResNet.normalization, _TIMM_TRESNET
+    ),
     "vit_b16": ModelSpec(
         ViTB16,
         "hidden_size",
