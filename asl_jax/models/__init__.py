@@ -96,9 +96,10 @@ _TORCHVISION_RESNET = TorchLayout(
 )
 
 
-def _timm_layout(module: Any, normalization: str) -> TorchLayout:
+def _timm_layout(module: Any, normalization: str, rename: Any = None) -> TorchLayout:
     """timm's TResNet and ViT (``module`` has their converters); the Flax head is ``head``."""
     return TorchLayout(
+        rename=rename,
         to_flax=module.torch_to_flax,
         to_torch=module.flax_to_torch,
         head=module.TORCH_HEAD,
@@ -108,7 +109,7 @@ def _timm_layout(module: Any, normalization: str) -> TorchLayout:
     )
 
 
-_TIMM_TRESNET = _timm_layout(tresnet, TResNet.normalization)
+_TIMM_TRESNET = _timm_layout(tresnet, TResNet.normalization, tresnet.remap_legacy_keys)
 _TIMM_VIT = _timm_layout(vit, VisionTransformer.normalization)
 
 

@@ -173,6 +173,8 @@ def convert_torch(
     """:func:`from_torch`, also returning a one-line description of what happened to the head."""
     layout = _layout(name)
     arrays = _clean(state_dict)
+    if layout.rename is not None:
+        arrays = layout.rename(arrays)
     expected = {
         k: tuple(v.shape)
         for k, v in layout.to_torch(_model_variables(name, num_classes, image_size)).items()

@@ -40,6 +40,8 @@ class TorchLayout:
         architecture expect, used for a weights file when ``model.normalization`` is ``"auto"``.
       source: the package whose models have this layout (``"torchvision"`` or ``"timm"``), for
         messages and for ``model.pretrained='<source>:<name>'``.
+      rename: maps the names of another published layout of the same weights (the official
+        ASL code's TResNet) to this layout's, before the names are checked; None = no other.
       flax_head: the Flax module path of the head (``/``-free, ``.``-separated) when it is not
         ``head`` itself (timm's TResNet: torch ``head.fc``, Flax ``head``); ``None`` = ``head``.
     """
@@ -50,6 +52,7 @@ class TorchLayout:
     normalization: str
     source: str
     flax_head: str | None = None
+    rename: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 
 def _set(tree: dict[str, Any], path: list[str], value: np.ndarray) -> None:

@@ -105,6 +105,21 @@ def test_official_asl_names_are_accepted():
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, expected)
 
 
+def test_official_asl_names_load_through_from_torch():
+    from asl_jax.models.pretrained import from_torch
+
+    state = _state_dict(_timm_model("tresnet_m"))
+    legacy = {
+        _legacy_name(k): v - 1e-5 if k.endswith("bn.weight") else v
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
+    num_classes = state["head.fc.weight"].shape[0]
+    got = from_torch("tresnet_m", legacy, num_classes=num_classes)
+    expected = from_torch("tresnet_m", state, num_classes=num_classes)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, expected)
+
+
 def test_unknown_key_is_rejected():
     with pytest.raises(ValueError, match=r"TResNet state dict: unexpected key 'body\.fc\.weight'"):
         tr.torch_to_flax(
