@@ -5,10 +5,17 @@ flag must be set before JAX initialises its backend, so it lives here, at import
 """
 
 import os
+import sys
 
 # Quiet TensorFlow's start-up logging in the TFDS tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax
+# torch imports triton (its GPU kernel compiler) when present; in a process that has also loaded
+# TensorFlow (the TFDS tests), loading triton's native library crashed the process. The tests
+# run torch on CPU only, where triton is never used: make it unavailable (torch checks for it
+# with a plain import and carries on without it).
+sys.modules.setdefault("triton", None)
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

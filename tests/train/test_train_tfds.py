@@ -17,7 +17,9 @@ from train.configs import coco, voc  # noqa: E402
 def test_tfds_config_trains_and_evaluates_on_mock_data(tmp_path, config_module, num_classes):
     config = config_module.get_config()
     # The shipped config, shrunk to CPU-test size: same data source, loss and reduction.
-    config.model.name = "cnn"
+    config.model.name = "cnn"  # from scratch: nothing can be downloaded here
+    config.model.pretrained = ""
+    config.model.normalization = "auto"
     config.model.width = 4
     config.data.image_size = 16
     config.batch_size = 8
