@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -283,7 +284,15 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
 
 
+def _without_triton() -> None:
+    """Keeps torch from loading triton, its GPU kernel compiler: torch only reads weights here,
+    and triton's native library crashed a process that had loaded TensorFlow (the TFDS data)."""
+    if "torch" not in sys.modules:
+        sys.modules.setdefault("triton", None)
+
+
 def _torch_load(path: str) -> Any:
+    _without_triton()
     try:
         import torch
     except ImportError:
@@ -361,6 +370,7 @@ def parse_pretrained(spec: str) -> tuple[str, str]:
 
 
 def _timm_normalization(model_name: str) -> str:
+    _without_triton()
     try:
         from timm.models import get_pretrained_cfg
     except ImportError:
@@ -402,6 +412,7 @@ def resolve_normalization(model_name: str, pretrained: str, normalization: str =
 
 def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.ndarray]:
     """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package."""
+    _without_triton()
     try:
         if kind == "torchvision":
             import torchvision
