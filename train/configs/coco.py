@@ -9,8 +9,11 @@ the 2014 split of the paper's tables, so the numbers are close to but not the pa
 official fine-tuning recipe: ImageNet weights (here torchvision's ResNet-50, downloaded by
 torchvision on first use; offline, give a weights file), 448 px images, Adam lr 1e-4, one-cycle,
 weight decay 1e-4 on weights only, EMA 0.9997, batch 128, Cutout + RandAugment, loss summed over
-the batch, mixed precision on GPU/TPU (``model.dtype='auto'``). The paper's TResNet-L is not part
-of this package.
+the batch, mixed precision on GPU/TPU (``model.dtype='auto'``). The paper's own model, TResNet-L,
+with timm's ImageNet weights (no input normalisation, as the official code)::
+
+    python -m train --config=train/configs/coco.py --config.model.name=tresnet_l \
+        --config.model.pretrained=timm:tresnet_l --workdir=runs/coco_tresnet_l
 """
 
 from train.configs import default
@@ -22,18 +25,9 @@ def get_config():
     config.data.name = "coco2017"
     config.data.image_size = 448
     config.augment.randaugment = True
-    config.model.name = "resnet50"
-    config.model.width = 0
-    config.model.pretrained = "torchvision:resnet50"
-    config.model.normalization = "auto"  # imagenet, from the weights
-    config.model.dtype = "auto"  # bfloat16 on GPU/TPU
+    default.fine_tuning(config, model="resnet50", pretrained="torchvision:resnet50")
     config.batch_size = 128
     config.num_epochs = 40
-    config.optimizer = "adam"
-    config.schedule = "onecycle"
-    config.learning_rate = 1e-4
-    config.weight_decay = 1e-4
-    config.ema_decay = 0.9997
     config.loss.reduction = "sum"
     config.log_every = 100
     config.eval_every = 2000

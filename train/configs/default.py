@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "cnn"  # cnn | resnet18 | resnet34 | resnet50 | resnet101
+    config.model.name = "cnn"  # one of asl_jax.models.MODEL_NAMES
     config.model.width = 16  # channels of the first stage (0 = the model's default)
     config.model.dtype = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
     # "" = from scratch | a .pth/.pt/.safetensors file | "torchvision:<name>" | "timm:<name>"
@@ -76,4 +76,31 @@ def get_config() -> ml_collections.ConfigDict:
     config.progress_bar = True
     config.tensorboard = True  # event files in the workdir: tensorboard --logdir runs/
     config.profile_steps = 0  # > 0: a jax.profiler trace of that many steps in WORKDIR/profile
+    return config
+
+
+def fine_tuning(
+    config: ml_collections.ConfigDict,
+    *,
+    model: str,
+    pretrained: str,
+    ema_decay: float = 0.9997,
+) -> ml_collections.ConfigDict:
+    """Sets the official fine-tuning recipe on ``config`` (the recipes call it) and returns it.
+
+    Pretrained weights (``pretrained``, see ``model.pretrained``) for ``model`` at its standard
+    width with the input normalisation the weights expect; Adam at lr 1e-4 with the one-cycle
+    schedule, weight decay 1e-4 on weights only, an EMA of the weights (the official 0.9997;
+    recipes on small datasets pass a shorter one) and mixed precision on GPU/TPU.
+    """
+    config.model.name = model
+    config.model.width = 0
+    config.model.pretrained = pretrained
+    config.model.normalization = "auto"
+    config.model.dtype = "auto"
+    config.optimizer = "adam"
+    config.schedule = "onecycle"
+    config.learning_rate = 1e-4
+    config.weight_decay = 1e-4
+    config.ema_decay = ema_decay
     return config

@@ -12,24 +12,18 @@ GPU/TPU. A few hundred photos give few steps per epoch, so the EMA is shorter (0
 official 0.9997 and the run longer (30 epochs). A GPU-sized run; on a CPU it is slow but works.
 """
 
-from train.configs import folder
+from train.configs import default, folder
 
 
 def get_config():
     config = folder.get_config()
     config.name = "folder_finetune"
     config.data.image_size = 224
-    config.model.name = "resnet50"
-    config.model.width = 0
-    config.model.pretrained = "torchvision:resnet50"
-    config.model.normalization = "auto"  # imagenet, from the weights
+    default.fine_tuning(
+        config, model="resnet50", pretrained="torchvision:resnet50", ema_decay=0.999
+    )
     config.batch_size = 32
     config.num_epochs = 30
-    config.optimizer = "adam"
-    config.schedule = "onecycle"
-    config.learning_rate = 1e-4
-    config.weight_decay = 1e-4
-    config.ema_decay = 0.999
     config.log_every = 20
     config.checkpoint_every = 200
     return config

@@ -15,17 +15,11 @@ def get_config():
     config.data.name = "voc2007"
     config.data.image_size = 448
     config.augment.randaugment = True
-    config.model.name = "resnet50"
-    config.model.width = 0
-    config.model.pretrained = "torchvision:resnet50"
-    config.model.normalization = "auto"
+    default.fine_tuning(
+        config, model="resnet50", pretrained="torchvision:resnet50", ema_decay=0.999
+    )
     config.batch_size = 32
     config.num_epochs = 40
-    config.optimizer = "adam"
-    config.schedule = "onecycle"
-    config.learning_rate = 1e-4
-    config.weight_decay = 1e-4
-    config.ema_decay = 0.999
     config.loss.reduction = "sum"
     config.log_every = 50
     config.eval_every = 500
