@@ -32,6 +32,12 @@ TINY = {
 FAILING = {"loss.adaptive_max_gamma_neg": 1.0}
 
 
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """Where a test module's subprocesses find the shapes data its first run generated."""
+    return tmp_path_factory.mktemp("shapes")
+
+
 def env(num_devices: int = 1) -> dict[str, str]:
     out = dict(os.environ)
     out.pop("XLA_FLAGS", None)

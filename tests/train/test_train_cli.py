@@ -114,11 +114,6 @@ def _records(workdir):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("shapes")
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, cache_dir):
     # Also generates the cached dataset that every subprocess then reads.
     workdir = tmp_path_factory.mktemp("reference")

@@ -25,11 +25,6 @@ from asl_jax.training.state import checkpoint_items
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("shapes")
-
-
-@pytest.fixture(scope="module")
 def two_device_reference(tmp_path_factory, cache_dir):
     # Also generates the cached dataset that the subprocesses then read.
     workdir = tmp_path_factory.mktemp("reference")
