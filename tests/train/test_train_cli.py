@@ -120,6 +120,7 @@ def reference(tmp_path_factory, cache_dir):
     return train_and_evaluate(_config(cache_dir), workdir, handle_signals=False)
 
 
+@pytest.mark.slow  # the two-process preemption test checks the same on each of two hosts
 def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_like_an_uninterrupted_run(
     reference, cache_dir, tmp_path
 ):
