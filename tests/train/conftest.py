@@ -58,12 +58,8 @@ def run_module(module: str, *args: str, timeout: float = TIMEOUT) -> subprocess.
 
 
 def set_fields(config, overrides):
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    """``config`` with the dotted fields of ``overrides`` set (type-checked by ml_collections)."""
+    config.update_from_flattened_dict(dict(overrides))
     return config
 
 

@@ -21,13 +21,9 @@ GPU = Available(per_device=2 * GIB, host=64 * GIB, where="GPU memory")
 
 
 def _config(**fields):
+    """The default config with ``block__field=value`` keywords set (``__`` for the dot)."""
     config = get_config()
-    for dotted, value in fields.items():
-        *parents, leaf = dotted.split("__")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in fields.items()})
     return config
 
 
