@@ -1,0 +1,496 @@
+"""Models: JAX (jit) against PyTorch (eager and torch.compile) on the same weights, on CPU.
+
+For each model (ResNet-50, TResNet-M and ViT-B/16 by default; any model of
+`asl_jax.models.pretrained_model_names()`), a PyTorch model with random weights (torchvision's
+ResNets, timm's TResNet and ViT) is converted with `asl_jax.models.pretrained.from_torch`, so
+both frameworks compute with the same weights on the same images (80 classes, float32). Timed,
+side by side in one process (interleaved rounds, a new random order each round,
+`benchmarks._timing.interleaved_timings`):
+
+- **eval forward**: logits of one batch, batch norm in inference mode;
+- **training step**: forward with batch-norm statistics, the summed ASL (γ+ = 0, γ− = 4,
+  m = 0.05: the project's `asymmetric_loss` in JAX, the official formulation in PyTorch,
+  `benchmarks.loss_reference.torch_asl`), backward, Adam (lr 1e-4). JAX: one jitted
+  `value_and_grad` + `optax.adam` program with the parameters, statistics and optimizer state
+  donated. PyTorch: ``zero_grad``, forward, loss, ``backward()``, ``Adam.step()``; with
+  torch.compile the model is compiled (inductor), the loss and optimizer stay eager.
+
+Memory: for every candidate the growth of the process's peak resident set during one call
+(after compilation and a first call; the peak is reset through ``/proc/self/clear_refs`` after
+``malloc_trim``, so the same method measures both frameworks), and for JAX the compiled
+executable's own ``memory_analysis()`` (arguments + outputs + temporaries). The logits of the
+two frameworks on the benchmark batch and the loss of their first training step are compared,
+so that the times are of the same computation. "On paper": XLA's FLOP count of the training
+step and the images/s it implies on an accelerator at an assumed utilisation.
+
+    python -m benchmarks.models                         # 224 px, batch 32, writes BENCHMARKS.md
+    python -m benchmarks.models --models resnet50 --batch 8 --rounds 3 --no-compile --output ''
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import dataclasses
+import gc
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asl_jax.training.parallel import FAST_COMPILE
+from benchmarks import _machine, _timing
+from benchmarks._train_common import _flops, _ms, _rate
+from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION
+from benchmarks.loss_reference import CLIP, GAMMA_NEG, GAMMA_POS, torch_asl, torch_available
+
+SECTION = "models"
+DEFAULT_JSON = "benchmarks/results/models.json"
+NUM_CLASSES = 80
+LEARNING_RATE = 1e-4
+DEFAULT_MODELS = ("resnet50", "tresnet_m", "vit_b16")
+#: The PyTorch model each benchmarked model equals (package of its torch layout, model name).
+TORCH_NAMES = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+    "tresnet_m": "tresnet_m",
+    "tresnet_l": "tresnet_l",
+    "vit_b16": "vit_base_patch16_224",
+}
+JAX, EAGER, COMPILED = "JAX (jit)", "PyTorch eager", "PyTorch torch.compile"
+EVAL, TRAIN = "eval forward", "training step"
+#: The accelerator of the "on paper" estimate (a key of `benchmarks.loss_on_paper.ACCELERATORS`).
+ACCELERATOR = "A100 40GB"
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One framework × mode: what the timing calls, and what was measured besides the time."""
+
+    framework: str
+    mode: str
+    call: Callable[[], object]
+    first_call_seconds: float  # compilation (JAX, torch.compile) or first eager call
+    peak_growth_bytes: float | None = None  # peak RSS growth during the first timed call
+    xla_bytes: float | None = None  # JAX: argument + output + temp bytes of the executable
+    flops: float | None = None  # JAX: XLA's cost analysis of the program
+
+    def __call__(self) -> object:
+        if self.peak_growth_bytes is None:  # the timing's warm-up call measures the memory
+            growth, _ = peak_rss_growth(self.call)
+            self.peak_growth_bytes = growth if growth is not None else float("nan")
+            return None
+        return self.call()
+
+
+@dataclasses.dataclass
+class ModelResult:
+    name: str
+    image_size: int
+    batch_size: int
+    rounds: int
+    parameters: int
+    candidates: dict[str, Candidate]  # key: "framework / mode"
+    timings: dict[str, _timing.Timing]
+    logits_rel_diff: dict[str, float]  # framework -> max |Δ logits| / max |JAX logits|
+    first_losses: dict[str, float]  # framework -> loss of its first training step
+    compile_error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> tuple[float | None, object]:
+    """(bytes by which the peak resident set grew while `fn` ran, its result).
+
+    Freed heap memory is first given back to the system (``malloc_trim``) and the peak reset to
+    the current resident set (``/proc/self/clear_refs``, Linux); None where that is unavailable.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None, fn()
+    before = _rss_kib("VmRSS")
+    out = fn()
+    peak = _rss_kib("VmHWM")
+    if before is None or peak is None:
+        return None, out
+    return float(max(peak - before, 0) * 1024), out
+
+
+# ------------------------------------------------------------------------------------------------
+# The two frameworks
+
+
+def _import_torch(threads: int) -> Any:
+    # Passive OpenMP waiting: spinning PyTorch threads otherwise slow XLA down in this process
+    # (see benchmarks/loss_kernel.py). triton (a GPU compiler, unused on CPU) crashed processes
+    # that had loaded TensorFlow; inductor's CPU backend does not need it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    sys.modules.setdefault("triton", None)
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch
+
+
+def torch_model(torch: Any, name: str, num_classes: int) -> Any:
+    """The torchvision / timm model that `name` equals, with random weights (seed 0)."""
+    from asl_jax.models import MODELS
+
+    torch.manual_seed(0)
+    source = MODELS[name].torch.source
+    if source == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, TORCH_NAMES[name])(weights=None, num_classes=num_classes)
+    import timm
+
+    # ViT: the position embeddings of the 224 px grid, resized in the forward pass at other
+    # sizes, as the Flax model does.
+    kwargs = {"dynamic_img_size": True} if name == "vit_b16" else {}
+    return timm.create_model(TORCH_NAMES[name], pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def _adam_step_fn(model: Any) -> tuple[Callable, Any]:
+    """The jitted training step (value_and_grad of the summed ASL + Adam), and its optimizer."""
+    import optax
+
+    from asl_jax.losses import asymmetric_loss
+
+    tx = optax.adam(LEARNING_RATE)
+
+    def step(params, batch_stats, opt_state, images, labels):
+        def loss_fn(p):
+            logits, updates = model.apply(
+                {"params": p, "batch_stats": batch_stats}, images, train=True,
+                mutable=["batch_stats"],
+            )  # fmt: skip
+            loss = asymmetric_loss(
+                logits, labels, gamma_pos=GAMMA_POS, gamma_neg=GAMMA_NEG, clip=CLIP
+            ).sum()
+            return loss, updates.get("batch_stats", batch_stats)
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1, 2)), tx
+
+
+def _xla_bytes(compiled: Any) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+    except Exception:  # not every backend implements it
+        return None
+
+
+def jax_candidates(
+    name: str, variables: dict, images: np.ndarray, labels: np.ndarray, options: dict | None
+) -> tuple[list[Candidate], np.ndarray, float]:
+    """JAX's eval and training candidates, the eval logits and the first step's loss."""
+    from asl_jax.models import create_model
+
+    model = create_model(name, num_classes=NUM_CLASSES, dtype=jnp.float32, normalization="none")
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    v = jax.device_put(variables)
+    start = time.perf_counter()
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(v, x).compile(options)
+    eval_seconds = time.perf_counter() - start
+    logits = np.asarray(forward(v, x))
+    step, tx = _adam_step_fn(model)
+    # Copies: the step donates its state, and `v` must stay intact for the eval forward.
+    state = [jax.tree.map(jnp.copy, v["params"]), jax.tree.map(jnp.copy, v.get("batch_stats", {}))]
+    state.append(tx.init(state[0]))
+    start = time.perf_counter()
+    train = step.lower(*state, x, y).compile(options)
+    train_seconds = time.perf_counter() - start
+    *new_state, loss = train(*state, x, y)
+    state[:] = new_state
+
+    def train_call() -> None:
+        *new, loss = train(*state, x, y)
+        state[:] = new
+        jax.block_until_ready(loss)
+
+    candidates = [
+        Candidate(
+            JAX, EVAL, lambda: jax.block_until_ready(forward(v, x)), eval_seconds,
+            xla_bytes=_xla_bytes(forward), flops=_flops(forward),
+        ),
+        Candidate(
+            JAX, TRAIN, train_call, train_seconds, xla_bytes=_xla_bytes(train), flops=_flops(train)
+        ),
+    ]  # fmt: skip
+    return candidates, logits, float(loss)
+
+
+def _torch_eval(torch: Any, model: Any, x: Any) -> Callable[[], Any]:
+    def call() -> Any:
+        with torch.no_grad():
+            return model(x)
+
+    return call
+
+
+def _torch_train(torch: Any, model: Any, forward: Any, x: Any, y: Any) -> Callable[[], Any]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+
+    def call() -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch_asl(torch, forward(x), y, detach=False)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return call
+
+
+def _first(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def torch_candidates(
+    torch: Any, source: Any, images: np.ndarray, labels: np.ndarray, *, compile_: bool
+) -> tuple[list[Candidate], dict[str, np.ndarray], dict[str, float], str | None]:
+    """PyTorch's candidates (eager; torch.compile when asked and when it works), their eval
+    logits and first-step losses, and the compilation error, if any."""
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(labels)
+    kinds = [(EAGER, lambda m: m)] + ([(COMPILED, torch.compile)] if compile_ else [])
+    candidates, logits, losses, error = [], {}, {}, None
+    for framework, wrap in kinds:
+        eval_model, train_model = copy.deepcopy(source).eval(), copy.deepcopy(source).train()
+        try:
+            eval_call = _torch_eval(torch, wrap(eval_model), x)
+            eval_seconds, out = _first(eval_call)
+            train_call = _torch_train(torch, train_model, wrap(train_model), x, y)
+            train_seconds, loss = _first(train_call)
+        except Exception as e:  # torch.compile needs a working C++ toolchain
+            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            print(f"{framework} failed, left out: {error}")
+            continue
+        logits[framework], losses[framework] = out.numpy(), float(loss)
+        candidates += [
+            Candidate(framework, EVAL, eval_call, eval_seconds),
+            Candidate(framework, TRAIN, train_call, train_seconds),
+        ]
+    return candidates, logits, losses, error
+
+
+def run_model(name: str, args: argparse.Namespace, torch: Any) -> ModelResult:
+    """Builds, converts, compiles and times one model in both frameworks."""
+    from asl_jax.models.pretrained import from_torch
+
+    rng = np.random.default_rng(args.seed)
+    size, batch = args.image_size, args.batch
+    images = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
+    labels = (rng.uniform(size=(batch, NUM_CLASSES)) < 0.05).astype(np.float32)
+    source = torch_model(torch, name, NUM_CLASSES)
+    parameters = sum(p.numel() for p in source.parameters())
+    variables = from_torch(name, source.state_dict(), num_classes=NUM_CLASSES, image_size=size)
+    options = dict(FAST_COMPILE) if args.fast_compile else None
+    print(f"\n{name}: {parameters / 1e6:.1f} M parameters, {size} px, batch {batch}")
+    ours, jax_logits, jax_loss = jax_candidates(name, variables, images, labels, options)
+    theirs, logits, losses, error = torch_candidates(
+        torch, source, images, labels, compile_=args.compile
+    )
+    scale = float(np.abs(jax_logits).max()) or 1.0
+    rel = {k: float(np.abs(v - jax_logits).max()) / scale for k, v in logits.items()}
+    candidates = {f"{c.framework} / {c.mode}": c for c in [*ours, *theirs]}
+    for key, c in candidates.items():
+        print(f"  {key}: first call {c.first_call_seconds:.1f} s")
+    timings = _timing.interleaved_timings(
+        candidates, rounds=args.rounds, warmup=1, min_sample_seconds=0.0, seed=args.seed
+    )
+    return ModelResult(
+        name, size, batch, args.rounds, int(parameters), candidates, timings, rel,
+        {JAX: jax_loss, **losses}, error,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _mib(x: float | None) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x / 2**20:,.0f}"
+
+
+def timing_table(result: ModelResult) -> str:
+    """One row per framework × mode: time, noise, images/s, ratio to JAX, memory, first call."""
+    rows = []
+    for key, c in result.candidates.items():
+        t = result.timings[key]
+        reference = result.timings[f"{JAX} / {c.mode}"].median
+        rows.append(
+            [
+                c.mode, c.framework, _ms(t.median), f"{t.spread:.0%}",
+                _rate(result.batch_size / t.median), f"{t.median / reference:.2f}×",
+                _mib(c.peak_growth_bytes), _mib(c.xla_bytes), f"{c.first_call_seconds:.1f}",
+            ]
+        )  # fmt: skip
+    rows.sort(key=lambda r: (r[0] != EVAL, r[1] != JAX))
+    headers = [
+        "mode", "framework", "median ms / batch", "IQR/median", "images/s", "time × JAX",
+        "peak RSS growth MiB", "XLA args+out+temp MiB", "first call s",
+    ]  # fmt: skip
+    return _timing.markdown_table(headers, rows, align="ll" + "r" * 7)
+
+
+def agreement_line(result: ModelResult) -> str:
+    """The logits and first-step losses of the frameworks against JAX's."""
+    parts = [
+        f"{framework} logits vs JAX: max relative difference {diff:.1e}"
+        for framework, diff in result.logits_rel_diff.items()
+    ]
+    losses = ", ".join(f"{k} {v:.6g}" for k, v in result.first_losses.items())
+    return "; ".join(parts) + f". Loss of the first training step: {losses}."
+
+
+def on_paper_line(result: ModelResult) -> str | None:
+    """XLA's FLOPs of the JAX training step and the images/s they imply on an accelerator."""
+    flops = result.candidates[f"{JAX} / {TRAIN}"].flops
+    if not flops:
+        return None
+    peak = ACCELERATORS[ACCELERATOR][0]
+    per_image = flops / result.batch_size
+    rate = peak * UTILISATION / per_image
+    measured = result.batch_size / result.timings[f"{JAX} / {TRAIN}"].median
+    return (
+        f"On paper: XLA counts {flops / 1e9:,.1f} GFLOP per training step "
+        f"({per_image / 1e9:.1f} GFLOP per image); an {ACCELERATOR} ({peak / 1e12:.0f} TFLOP/s "
+        f"bf16 dense peak, assumed) at an assumed {UTILISATION:.0%} of that peak would run "
+        f"{rate:,.0f} images/s, {rate / measured:,.0f}× "
+        "the JAX step measured here. An estimate from FLOPs alone, not a measurement."
+    )
+
+
+def render_markdown(results: Sequence[ModelResult], info: dict, command: str) -> str:
+    """The `models` section of BENCHMARKS.md."""
+    parts = [
+        "## Models: JAX vs PyTorch",
+        "The same weights (a random PyTorch model converted with `from_torch`), the same "
+        f"images and labels ({NUM_CLASSES} classes, float32, no input normalisation in either "
+        "framework) in JAX (jit) and PyTorch (eager, and torch.compile when run), on the CPU. "
+        "Eval forward: logits of one batch. Training step: forward with batch statistics, "
+        f"summed ASL (γ+ = {GAMMA_POS:g}, γ− = {GAMMA_NEG:g}, m = {CLIP:g}), backward, Adam "
+        f"(lr {LEARNING_RATE:g}). All candidates of a model timed in the same process, "
+        "interleaved (a new random order each round), after compilation and one untimed call; "
+        "ratios to JAX are of medians. Peak RSS growth: how much the process's peak resident "
+        "set grew during one call (after `malloc_trim`, peak reset through "
+        "`/proc/self/clear_refs`), the same method for both frameworks; XLA's figure is the "
+        "executable's `memory_analysis()` (its arguments, i.e. the weights and optimizer state "
+        "it reads, included). **The machine was shared with other jobs**: absolute times are "
+        "noisy, ratios measured in the same rounds less so.",
+        f"Command: `{command}`",
+        _machine.machine_markdown(info),
+    ]
+    for r in results:
+        parts.append(
+            f"### {r.name}: {r.image_size} px, batch {r.batch_size}, {r.parameters / 1e6:.1f} M "
+            f"parameters ({r.rounds} rounds)"
+        )
+        parts.append(timing_table(r))
+        parts.append(agreement_line(r))
+        if r.compile_error:
+            parts.append(
+                f"torch.compile failed on this machine and was left out: `{r.compile_error}`."
+            )
+        line = on_paper_line(r)
+        if line:
+            parts.append(line)
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from asl_jax.models import pretrained_model_names
+
+    choices = [n for n in pretrained_model_names() if n in TORCH_NAMES]
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.models",
+        description="JAX jit vs PyTorch eager / torch.compile: eval forward and training step.",
+    )
+    parser.add_argument("--models", nargs="+", choices=choices, default=list(DEFAULT_MODELS))
+    parser.add_argument("--image-size", type=int, default=224, help="image side (224)")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="leave torch.compile out"
+    )
+    parser.add_argument(
+        "--fast-compile", action="store_true", help="XLA without its expensive passes (tests)"
+    )
+    parser.add_argument("--output", default="BENCHMARKS.md", help="Markdown file ('' to skip)")
+    parser.add_argument("--json", default=DEFAULT_JSON, help="JSON file ('' to skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for field in ("image_size", "batch", "rounds"):
+        if getattr(args, field) < 1:
+            parser.error(f"--{field.replace('_', '-')} must be >= 1, got {getattr(args, field)}")
+    if args.image_size % 32:
+        parser.error(
+            f"--image-size must be a multiple of 32 (the models' stride), got {args.image_size}"
+        )
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
+    """Runs the benchmark, prints its tables, writes the `models` section and the JSON."""
+    args = parse_args(argv)
+    if not torch_available():
+        raise SystemExit("benchmarks.models needs torch: pip install 'asl-jax[torch]'")
+    info = _machine.machine_info(("numpy", "torch", "torchvision", "timm"))
+    command = ("python -m benchmarks.models " + " ".join(argv or sys.argv[1:])).strip()
+    print(_machine.machine_markdown(info))
+    torch = _import_torch(_machine.usable_cores())
+    results = []
+    for name in args.models:
+        result = run_model(name, args, torch)
+        print(timing_table(result))
+        print(agreement_line(result))
+        line = on_paper_line(result)
+        if line:
+            print(line)
+        results.append(result)
+    if args.output:
+        _timing.update_section(args.output, SECTION, render_markdown(results, info, command))
+        print(f"Wrote the '{SECTION}' section of {os.path.abspath(args.output)}")
+    if args.json:
+        path = _machine.write_results_json(args.json, SECTION, command, info, results)
+        print(f"Wrote {os.path.abspath(path)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
