@@ -79,9 +79,10 @@ def validate_data_config(data_config: Any) -> None:
 
     Missing fields take the defaults in :data:`DATA_DEFAULTS`. Checks: ``name`` is one of
     :data:`DATASETS`; ``image_size`` is an int >= 8; ``num_train`` / ``num_val`` are ints >= 1;
-    ``num_workers`` is an int >= 0; ``drop_positive_fraction`` is in [0, 1) (and 0 unless ``name`` is ``shapes``); the string and
-    bool fields have those types; for ``folder``, ``path`` is a directory holding ``train.csv`` and
-    ``val.csv``. (The CSV rows and images are checked when the source is created.)
+    ``num_workers`` is an int >= 0; ``drop_positive_fraction`` is in [0, 1) (and 0 unless
+    ``name`` is ``shapes``); the string and bool fields have those types; for ``folder``,
+    ``path`` is a directory holding ``train.csv`` and ``val.csv``. (The CSV rows and images are
+    checked when the source is created.)
 
     Args:
       data_config: an ``ml_collections.ConfigDict`` (or a dict / object with those attributes).
