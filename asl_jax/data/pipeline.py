@@ -36,6 +36,8 @@ from asl_jax.data.base import Batch, check_batch_args, epoch_order, host_slice
 _ENDLESS = 1 << 48
 #: Batches decoded ahead of the training step (per worker process, or in the training process).
 PREFETCH_BATCHES = 2
+#: Grain passes arrays of at least this many bytes through shared memory: none of ours.
+_NO_SHARED_MEMORY = 1 << 62
 
 
 class ImageReadError(RuntimeError):
@@ -146,6 +148,13 @@ class _Stream:
             )
         )
         if num_workers > 0:
+            # The batches come back pickled, not in shared memory: a shared-memory batch is
+            # unlinked only when its array is garbage-collected (by a background thread), so
+            # batches still alive or not yet collected at exit leaked shared memory objects. The
+            # copy costs little next to decoding the batch.
+            dataset = grain.experimental.WithOptionsIterDataset(
+                dataset, grain.experimental.DatasetOptions(min_shm_size=_NO_SHARED_MEMORY)
+            )
             dataset = dataset.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=num_workers, per_worker_buffer_size=PREFETCH_BATCHES
