@@ -164,7 +164,8 @@ def main(path):
     # Still referenced at exit: a batch in shared memory would leak it (a resource_tracker
     # warning at shutdown).
     KEPT.append(batch)
-    assert all(type(v) is np.ndarray for v in batch.values()), {k: type(v) for k, v in batch.items()}
+    types = {key: type(value) for key, value in batch.items()}
+    assert set(types.values()) == {np.ndarray}, types
     assert "tensorflow_datasets" not in sys.modules
     print("ok")
 

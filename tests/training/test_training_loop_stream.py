@@ -54,7 +54,9 @@ def reference(folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     source = FolderSource(str(folder), image_size=16)
     assert source.in_memory
-    return train_and_evaluate(_config(folder, workdir), workdir, source=source, handle_signals=False)
+    return train_and_evaluate(
+        _config(folder, workdir), workdir, source=source, handle_signals=False
+    )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
