@@ -34,7 +34,8 @@ from asl_jax.data.base import Batch, check_batch_args, epoch_order, host_slice
 
 #: Grain needs a length; a stream of this many batches never ends in practice.
 _ENDLESS = 1 << 48
-#: Batches decoded ahead of the training step (per worker process, or in the training process).
+#: Batches decoded ahead of the training step per worker process (in the training process: at
+#: least this many, one per core).
 PREFETCH_BATCHES = 2
 #: Grain passes arrays of at least this many bytes through shared memory: none of ours.
 _NO_SHARED_MEMORY = 1 << 62
@@ -139,13 +140,14 @@ class _Stream:
 
         _grain_flags_usable()
         self.origin, self.next, self.num_workers = origin, origin, num_workers
-        threads = max(2, os.cpu_count() or 1) if num_workers == 0 else 1
+        # A thread decodes a whole batch, and Grain runs at most as many threads as batches it
+        # holds ahead: in process, one batch per core; in a worker, one thread (a core each).
+        threads = max(PREFETCH_BATCHES, os.cpu_count() or 1) if num_workers == 0 else 1
+        ahead = max(threads, PREFETCH_BATCHES)
         dataset = (
             grain.MapDataset.source(plan)
             .map(_MakeBatch(load))
-            .to_iter_dataset(
-                grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH_BATCHES)
-            )
+            .to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=ahead))
         )
         if num_workers > 0:
             # The batches come back pickled, not in shared memory: a shared-memory batch is
