@@ -36,6 +36,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "skip_bad_rows": False,
     "allow_unknown_val_labels": False,
     "voc_use_difficult": True,
+    "num_workers": 0,
 }
 
 #: Defaults of the ``augment`` config block.
@@ -78,9 +79,10 @@ def validate_data_config(data_config: Any) -> None:
 
     Missing fields take the defaults in :data:`DATA_DEFAULTS`. Checks: ``name`` is one of
     :data:`DATASETS`; ``image_size`` is an int >= 8; ``num_train`` / ``num_val`` are ints >= 1;
-    ``drop_positive_fraction`` is in [0, 1) (and 0 unless ``name`` is ``shapes``); the string and
-    bool fields have those types; for ``folder``, ``path`` is a directory holding ``train.csv`` and
-    ``val.csv``. (The CSV rows and images are checked when the source is created.)
+    ``num_workers`` is an int >= 0; ``drop_positive_fraction`` is in [0, 1) (and 0 unless
+    ``name`` is ``shapes``); the string and bool fields have those types; for ``folder``,
+    ``path`` is a directory holding ``train.csv`` and ``val.csv``. (The CSV rows and images are
+    checked when the source is created.)
 
     Args:
       data_config: an ``ml_collections.ConfigDict`` (or a dict / object with those attributes).
@@ -109,6 +111,12 @@ def validate_data_config(data_config: Any) -> None:
         value = get(field)
         if not _is_int(value) or value < 1:
             raise ValueError(f"data.{field} must be an int >= 1; got {value!r}.")
+    num_workers = get("num_workers")
+    if not _is_int(num_workers) or num_workers < 0:
+        raise ValueError(
+            "data.num_workers must be an int >= 0 (worker processes decoding images; 0 = in "
+            f"the training process); got {num_workers!r}."
+        )
     fraction = get("drop_positive_fraction")
     if not _is_number(fraction) or not 0.0 <= fraction < 1.0:
         raise ValueError(f"data.drop_positive_fraction must be in [0, 1); got {fraction!r}.")
@@ -203,6 +211,7 @@ def create_source(data_config: Any, *, seed: int) -> DataSource:
             image_size=int(get("image_size")),
             skip_bad_rows=get("skip_bad_rows"),
             allow_unknown_val_labels=get("allow_unknown_val_labels"),
+            num_workers=int(get("num_workers")),
         )
     from asl_jax.data.tfds import TFDSSource
 

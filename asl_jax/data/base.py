@@ -201,18 +201,35 @@ def batch_indices(
         split=split,
     )
     order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
-    local = batch_size // process_count
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for b in range(start_batch, num_batches):
-            # This host's contiguous slice of global batch b, in positions of the epoch order.
-            lo = b * batch_size + process_index * local
-            pos = np.arange(lo, lo + local)
-            mask = pos < num_examples
-            idx = np.where(mask, order[np.minimum(pos, num_examples - 1)], 0)
-            yield idx, mask
+            yield host_slice(
+                order,
+                b,
+                batch_size=batch_size,
+                process_index=process_index,
+                process_count=process_count,
+            )
 
     return generate()
+
+
+def host_slice(
+    order: np.ndarray, batch: int, *, batch_size: int, process_index: int, process_count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, mask)`` of this host's contiguous slice of global batch ``batch`` of an epoch.
+
+    ``order`` is the epoch order (:func:`epoch_order`); positions past its end are padding rows
+    (``mask`` False, index 0).
+    """
+    num_examples = len(order)
+    local = batch_size // process_count
+    lo = batch * batch_size + process_index * local
+    pos = np.arange(lo, lo + local)
+    mask = pos < num_examples
+    idx = np.where(mask, order[np.minimum(pos, num_examples - 1)], 0)
+    return idx, mask
 
 
 class IndexedSource:

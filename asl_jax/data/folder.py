@@ -29,7 +29,8 @@ and line: malformed or empty rows, missing files, unreadable or corrupt images, 
 Decoding: the check decodes every image once (in a thread pool; Pillow releases the GIL while
 decoding, and JPEGs are decoded at reduced scale with ``draft``). When the decoded split fits in
 ``memory_limit_bytes`` the images stay in memory; otherwise they are decoded again per batch by
-the thread pool, with batches prefetched in the background.
+the Grain pipeline of :mod:`asl_jax.data.pipeline`: in ``num_workers`` worker processes (0: in
+threads of the training process), batches prefetched, the iterator state checkpointable.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from asl_jax.data.base import IndexedSource, check_split
+from asl_jax.data.base import Batch, IndexedSource, check_split
+from asl_jax.data.pipeline import GrainBatches, ImageReadError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     with Image.open(path) as im:
         # JPEG only: decode at a reduced scale (1/2, 1/4, 1/8) that is still >= the target size.
         im.draft("RGB", (image_size, image_size))
-        im = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # in place: no copy when nothing turns
         im = _to_rgb(im)
         im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
@@ -334,7 +336,37 @@ def _usable_rows(
     return all_problems, skipped, usable
 
 
-class FolderSource(IndexedSource):
+class FolderLoader:
+    """Decodes the images of given rows of one split (picklable: sent to Grain's workers).
+
+    Args:
+      paths: the image file of each row.
+      labels: float32 [N, K] labels of the rows.
+      image_size: side of the squish-resized images.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, image_size: int) -> None:
+        self.paths, self.labels, self.image_size = tuple(paths), labels, int(image_size)
+
+    def __call__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(images uint8 [n, S, S, 3], labels float32 [n, K])`` of rows ``indices``.
+
+        Raises:
+          ImageReadError: naming the file that cannot be read (and Pillow's reason).
+        """
+        images = np.empty((len(indices), self.image_size, self.image_size, 3), np.uint8)
+        for j, i in enumerate(indices.tolist()):
+            try:
+                images[j] = load_image(self.paths[i], self.image_size)
+            except Exception as e:  # Pillow raises many types for corrupt files
+                raise ImageReadError(
+                    f"cannot read the image {self.paths[i]} ({type(e).__name__}: {e}); it was "
+                    "readable when the dataset was checked: was it changed since?"
+                ) from e
+        return images, self.labels[indices].copy()
+
+
+class FolderSource(GrainBatches, IndexedSource):
     """The user's own dataset (see the module docstring for the format).
 
     Args:
@@ -342,8 +374,12 @@ class FolderSource(IndexedSource):
       image_size: side of the (squish-resized) images.
       skip_bad_rows: skip problematic rows (and log how many) instead of raising.
       allow_unknown_val_labels: ignore validation labels that are not classes (with a warning).
-      num_workers: decoding threads (default: ``min(32, cpu_count + 4)``).
-      memory_limit_bytes: keep decoded images in memory when they fit in this budget.
+      num_workers: worker processes decoding the batches when streaming (``data.num_workers``;
+        0 = threads of the training process).
+      memory_limit_bytes: keep decoded images in memory when they fit in this budget; otherwise
+        (and always with 0) stream: decode each batch again, through the Grain pipeline.
+      check_threads: threads decoding every image once in the check (default:
+        ``min(32, cpu_count + 4)``).
 
     Attributes (beyond the protocol):
       skipped: ``{"train": n, "val": m}`` rows skipped (with ``skip_bad_rows``).
@@ -361,8 +397,9 @@ class FolderSource(IndexedSource):
         image_size: int,
         skip_bad_rows: bool = False,
         allow_unknown_val_labels: bool = False,
-        num_workers: int | None = None,
+        num_workers: int = 0,
         memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+        check_threads: int | None = None,
     ) -> None:
         directory = os.path.abspath(os.path.expanduser(path))
         for name in CSV_FILES.values():
@@ -374,7 +411,8 @@ class FolderSource(IndexedSource):
         self.name = "folder"
         self.image_size = int(image_size)
         self.directory = directory
-        self._workers = num_workers or min(32, (os.cpu_count() or 1) + 4)
+        self._workers = check_threads or min(32, (os.cpu_count() or 1) + 4)
+        self.num_workers = int(num_workers)
 
         fatal: list[str] = []
         bad: dict[str, dict[int, list[str]]] = {"train": {}, "val": {}}  # split -> row -> msgs
@@ -431,9 +469,6 @@ class FolderSource(IndexedSource):
             if self._images is not None:
                 self._images[split] = np.stack([decoded[r.path] for r in split_rows])
         self.in_memory = self._images is not None
-        # Streaming: decode per batch in the thread pool and keep two batches ready.
-        self.prefetch = 0 if self.in_memory else 2
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def num_examples(self, split: str) -> int:
         """Number of usable rows of ``split``."""
@@ -444,16 +479,46 @@ class FolderSource(IndexedSource):
         return self._labels[check_split(split)]
 
     def gather(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        labels = self._labels[split][indices]
         if self._images is not None:
-            return self._images[split][indices], labels
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(self._workers)
-        rows = self._rows[split]
-        images = list(
-            self._pool.map(lambda i: load_image(rows[i].path, self.image_size), indices.tolist())
+            return self._images[split][indices], self._labels[split][indices]
+        return self.loader(split)(indices)
+
+    def loader(self, split: str) -> FolderLoader:
+        """The decoder of ``split``'s rows (what the Grain pipeline runs)."""
+        paths = [row.path for row in self._rows[check_split(split)]]
+        return FolderLoader(paths, self._labels[split], self.image_size)
+
+    def batches(
+        self,
+        split: str,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+        shuffle: bool,
+        drop_remainder: bool,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> Iterator[Batch]:
+        """See :class:`~asl_jax.data.base.DataSource`: in memory, or streamed through Grain.
+
+        Streaming, the iterator of an epoch has ``get_state()`` / ``set_state()``
+        (:class:`~asl_jax.data.pipeline.EpochBatches`).
+        """
+        kwargs = dict(
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            start_batch=start_batch,
+            shuffle=shuffle,
+            drop_remainder=drop_remainder,
+            process_index=process_index,
+            process_count=process_count,
         )
-        return np.stack(images), labels
+        if self.in_memory:
+            return super().batches(split, **kwargs)
+        return self.grain_batches(check_split(split), **kwargs)
 
 
 def _progress(iterable, *, total: int, desc: str):

@@ -215,7 +215,12 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         return os.path.join(self.directory, str(step))
 
-    def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> int:
+    def save(
+        self,
+        state: TrainState,
+        metrics: Mapping[str, float] | None = None,
+        data_state: Mapping[str, Any] | None = None,
+    ) -> int:
         """Saves ``state`` under its step (in the background unless ``async_save=False``: see
         :meth:`wait`). Returns the step.
 
@@ -226,6 +231,8 @@ class Checkpointer:
           state: the state to save.
           metrics: the evaluation of this state, if any (``keep_best`` ranks by it; finite
             values only are stored, a missing one ranks last).
+          data_state: the input pipeline's iterator state (JSON-serialisable), stored in the
+            checkpoint's metadata; :meth:`data_state` reads it back.
         """
         step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
@@ -241,8 +248,14 @@ class Checkpointer:
             args=ocp.args.StandardSave(checkpoint_items(state)),
             metrics=stored,
             force=True,
+            custom_metadata=None if data_state is None else {"data_state": dict(data_state)},
         )
         return step
+
+    def data_state(self, step: int) -> dict[str, Any] | None:
+        """The input pipeline state saved with checkpoint ``step`` (None when it has none)."""
+        custom = self._manager.metadata(step).custom_metadata or {}
+        return custom.get("data_state")
 
     def restore(self, state: TrainState, step: int | None = None) -> TrainState:
         """Restores checkpoint ``step`` (default: latest) into the structure of ``state``.

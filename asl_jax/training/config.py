@@ -126,6 +126,7 @@ OPERATIONAL_FIELDS = frozenset(
         "data.path",
         "data.data_dir",
         "data.cache_dir",
+        "data.num_workers",
     }
 )
 

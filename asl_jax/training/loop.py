@@ -303,11 +303,12 @@ def itstime(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def _epoch_batches(
-    source: DataSource, config: Any, *, step: int, epoch_steps: int
-) -> Iterator[dict[str, np.ndarray]]:
-    epoch, start = divmod(step, epoch_steps)
-    return source.batches(
+def _epoch_batches(run: _Run, *, step: int) -> Iterator[dict[str, np.ndarray]]:
+    """The rest of the epoch of ``step``; the first one after a resume continues from the input
+    pipeline's saved state when the source has one (Grain: the folder source streaming)."""
+    config = run.config
+    epoch, start = divmod(step, run.epoch_steps)
+    batches = run.source.batches(
         "train",
         batch_size=int(config.batch_size),
         seed=int(config.seed),
@@ -318,6 +319,10 @@ def _epoch_batches(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    if run.data_state is not None and hasattr(batches, "set_state"):
+        batches.set_state(run.data_state)
+    run.data_state, run.batches = None, batches
+    return batches
 
 
 def _log(message: str) -> None:
@@ -383,6 +388,8 @@ class _Run:
     last_saved: int | None
     progress: progress.ProgressBar | None = None
     start_time: float = dataclasses.field(default_factory=time.time)
+    data_state: dict[str, Any] | None = None  # saved with the restored checkpoint
+    batches: Iterator[dict[str, np.ndarray]] | None = None  # the epoch being trained
 
     @property
     def step(self) -> int:
@@ -399,7 +406,12 @@ class _Run:
             (r for r in reversed(self.log.records) if r["kind"] == "eval" and r["step"] == step),
             {},
         )
-        self.ckpt.save(self.state, metrics={k: scores.get(k) for k in BEST_METRICS})
+        get_state = getattr(self.batches, "get_state", None)
+        self.ckpt.save(
+            self.state,
+            metrics={k: scores.get(k) for k in BEST_METRICS},
+            data_state=get_state() if get_state is not None else None,
+        )
         self.last_saved = step
 
     def close(self) -> None:
@@ -407,6 +419,8 @@ class _Run:
             self.progress.close()
         self.log.close()
         self.ckpt.close()
+        if hasattr(self.source, "close"):
+            self.source.close()  # the input pipeline's worker processes
 
 
 def _setup(
@@ -472,6 +486,7 @@ def _setup(
         total_steps,
         elapsed_before,
         last_saved=restored_step,
+        data_state=None if restored_step is None else ckpt.data_state(restored_step),
     )
     if is_main and config.progress_bar:
         run.progress = progress.ProgressBar(total_steps, run.step, int(config.batch_size))
@@ -833,7 +848,7 @@ def _train(run: _Run, *, stop: _StopFlag, stop_at_step: int | None) -> int | Non
         f"{jax.process_count()} process(es); workdir {run.workdir}"
     )
     while step < total and interrupted is None:
-        for batch in _epoch_batches(run.source, config, step=step, epoch_steps=run.epoch_steps):
+        for batch in _epoch_batches(run, step=step):
             run.state, metrics = run.programs.train(
                 run.state, parallel.shard_batch(batch, run.mesh)
             )

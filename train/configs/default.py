@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.skip_bad_rows = False  # folder
     config.data.allow_unknown_val_labels = False  # folder
     config.data.voc_use_difficult = True  # voc2007
+    config.data.num_workers = 0  # folder streaming: decoding processes (0 = in-process)
 
     config.augment = ml_collections.ConfigDict(dataclasses.asdict(AugmentConfig()))
 
