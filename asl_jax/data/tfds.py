@@ -18,11 +18,13 @@ The file format of the prepared dataset chooses how it is read (the start of the
   :mod:`asl_jax.data.pipeline`, exactly like the streaming folder source: the order is
   :func:`asl_jax.data.base.batch_indices` (a pure function of ``(seed, epoch)``, each host its
   contiguous slice of every global batch), ``data.num_workers`` worker processes decode the
-  batches (JPEG bytes -> Pillow with ``draft`` -> squish-resize, as the folder source does), and
-  the iterator state is checkpointed, so a resumed run continues exactly. TensorFlow is **not
-  imported**: ``tensorflow_datasets`` imports it lazily, the records are parsed and their
-  features decoded in NumPy, and the prepared dataset is opened from its own files (its
-  ``features.json``), not through TFDS's code for VOC/COCO, whose COCO part uses TensorFlow.
+  batches (JPEG bytes -> Pillow with ``draft`` -> squish-resize, with
+  :func:`asl_jax.data.folder.load_image`: the decode of the folder source and of
+  ``train.predict``), and the iterator state is checkpointed, so a resumed run continues
+  exactly. TensorFlow is **not imported**: ``tensorflow_datasets`` imports it lazily, the records
+  are parsed and their features decoded in NumPy, and the prepared dataset is opened from its own
+  files (its ``features.json``), not through TFDS's code for VOC/COCO, whose COCO part uses
+  TensorFlow.
 * **TFRecord** (the ``tfds build`` default): tf.data, as below. TensorFlow is imported only then.
 
 Anything else (another file format, a missing split) fails when the data are loaded, with the
@@ -53,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from asl_jax.data.base import Batch, check_batch_args, check_split
+from asl_jax.data.folder import load_image
 from asl_jax.data.pipeline import GrainBatches, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -537,8 +540,6 @@ class RecordLoader:
         Raises:
           ImageReadError: naming the split and row whose image cannot be decoded.
         """
-        from asl_jax.data.folder import load_image  # the folder source's decode and resize
-
         examples = self.rows().__getitems__([int(i) for i in indices])
         images = np.empty((len(examples), self.image_size, self.image_size, 3), np.uint8)
         labels = np.zeros((len(examples), self.num_classes), np.float32)
