@@ -23,6 +23,7 @@ tfds = pytest.importorskip(
 import asl_jax.data as data  # noqa: E402
 from asl_jax.data import tfds as tfds_source  # noqa: E402
 from asl_jax.data.base import batch_indices  # noqa: E402
+from asl_jax.data.pipeline import ImageReadError  # noqa: E402
 
 
 def _config(name, **overrides):
@@ -403,3 +404,16 @@ def test_the_array_record_path_imports_no_tensorflow(prepared, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+class _Rows(list):
+    def __getitems__(self, keys):
+        return [self[k] for k in keys]
+
+
+def test_an_undecodable_record_names_its_row_and_split(tiny_ar):
+    loader = tiny_ar.loader("val")
+    assert loader.spec == "test" and loader.label_key == ("labels",)
+    loader._source = _Rows([{"image": b"not an image", "labels": np.array([1])}] * 3)
+    with pytest.raises(ImageReadError, match=r"row 2 of TFDS split 'test' in .*UnidentifiedImage"):
+        loader(np.array([2]))
