@@ -220,4 +220,5 @@ def create_source(data_config: Any, *, seed: int) -> DataSource:
         image_size=int(get("image_size")),
         data_dir=get("data_dir"),
         voc_use_difficult=get("voc_use_difficult"),
+        num_workers=int(get("num_workers")),
     )

@@ -6,33 +6,59 @@
 * ``coco2017``: TFDS ``coco/2017``, 80 classes from ``objects/label``; train on ``train`` (118287),
   evaluate on ``validation`` (5000). Images without objects are all-negative examples.
 
-The datasets must be prepared once (TFDS downloads COCO itself; VOC too)::
+The datasets must be prepared once (TFDS downloads VOC and COCO itself)::
 
-    tfds build voc/2007 --data_dir=DIR     # or coco/2017; then data.data_dir=DIR
+    tfds build voc/2007 --data_dir=DIR --file_format=array_record   # or coco/2017
+    # then data.data_dir=DIR
 
-TensorFlow is imported only here, lazily, and never sees an accelerator
-(``tf.config.set_visible_devices([], "GPU")``) so it cannot grab the memory JAX needs. The
-pipeline is tf.data: read this host's shard (a contiguous range of the split), shuffle the
-*encoded* images with a seed derived from ``(seed, epoch, process_index)``, skip ``start_batch``
-batches before decoding, decode (JPEGs at a reduced DCT scale when the target is small) and
-squish-resize to uint8 in parallel, batch, prefetch.
+The file format of the prepared dataset chooses how it is read (the start of the run logs which):
 
-Host semantics differ from the in-memory sources in one respect, by design: each host reads its
+* **ArrayRecord** (``--file_format=array_record``; recommended): random access through TFDS's
+  data-source API (``builder.as_data_source``), fed through the Grain pipeline of
+  :mod:`asl_jax.data.pipeline`, exactly like the streaming folder source: the order is
+  :func:`asl_jax.data.base.batch_indices` (a pure function of ``(seed, epoch)``, each host its
+  contiguous slice of every global batch), ``data.num_workers`` worker processes decode the
+  batches (JPEG bytes -> Pillow with ``draft`` -> squish-resize, with
+  :func:`asl_jax.data.folder.load_image`: the decode of the folder source and of
+  ``train.predict``), and the iterator state is checkpointed, so a resumed run continues
+  exactly. TensorFlow is **not imported**: ``tensorflow_datasets`` imports it lazily, the records
+  are parsed and their features decoded in NumPy, and the prepared dataset is opened from its own
+  files (its ``features.json``), not through TFDS's code for VOC/COCO, whose COCO part uses
+  TensorFlow.
+* **TFRecord** (the ``tfds build`` default): tf.data, as below. TensorFlow is imported only then.
+
+Anything else (another file format, a missing split) fails when the data are loaded, with the
+command that prepares the dataset as ArrayRecord.
+
+The tf.data pipeline (TFRecord only): TensorFlow never sees an accelerator
+(``tf.config.set_visible_devices([], "GPU")``) so it cannot grab the memory JAX needs. Read this
+host's shard (a contiguous range of the split), shuffle the *encoded* images with a seed derived
+from ``(seed, epoch, process_index)``, skip ``start_batch`` batches before decoding, decode (JPEGs
+at a reduced DCT scale when the target is small) and squish-resize to uint8 in parallel, batch,
+prefetch. Its host semantics differ from the other sources in one respect: each host reads its
 **own shard** of the split (so no host reads the whole dataset); the rows of a global batch are
 therefore not a contiguous slice of one global permutation, but every host yields the same number
 of batches of ``batch_size // process_count`` rows, the shards are disjoint and together cover
-the split, and the order is a pure function of ``(seed, epoch)`` for a given host count.
+the split, and the order is a pure function of ``(seed, epoch)`` for a given host count. It has no
+checkpointable state: a resumed run skips ``start_batch`` batches of the epoch instead.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import io
+import logging
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from asl_jax.data.base import Batch, check_batch_args, check_split
+from asl_jax.data.folder import load_image
+from asl_jax.data.pipeline import GrainBatches, ImageReadError
+
+logger = logging.getLogger(__name__)
 
 #: data.name -> (TFDS name, {our split: TFDS split}).
 DATASETS: dict[str, tuple[str, dict[str, str]]] = {
@@ -74,10 +100,36 @@ def _tf():
 
 
 def _tfds():
-    _tf()
+    """Imports tensorflow_datasets, which imports TensorFlow only when something needs it."""
     import tensorflow_datasets as tfds
 
     return tfds
+
+
+#: The file formats this source reads (TFDS's ``FileFormat`` values) and how.
+ARRAY_RECORD, TFRECORD = "array_record", "tfrecord"
+READERS = {
+    ARRAY_RECORD: "random access (tfds data source) through the Grain pipeline",
+    TFRECORD: "tf.data",
+}
+
+
+def _builder_from_files(tfds_name: str, data_dir: str | None) -> Any:
+    """The prepared dataset opened from its files (no TFDS dataset code); None if not found."""
+    tfds = _tfds()
+    try:
+        return tfds.core.read_only_builder.builder_from_files(tfds_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        return None
+
+
+def _file_format(builder: Any) -> str:
+    """``"array_record"`` when the dataset has ArrayRecord files, else its (only) format."""
+    info = builder.info
+    formats = {f.value for f in info.available_file_formats()} or {"none"}
+    if ARRAY_RECORD in formats:
+        return ARRAY_RECORD
+    return info.file_format.value if info.file_format is not None else sorted(formats)[0]
 
 
 def shard_size(num_examples: int, process_index: int, process_count: int) -> int:
@@ -86,7 +138,7 @@ def shard_size(num_examples: int, process_index: int, process_count: int) -> int
     return num_examples // process_count + int(process_index < num_examples % process_count)
 
 
-class TFDSSource:
+class TFDSSource(GrainBatches):
     """A :class:`~asl_jax.data.base.DataSource` over a prepared TFDS dataset.
 
     Args:
@@ -95,13 +147,18 @@ class TFDSSource:
       data_dir: where TFDS keeps prepared datasets (``""``: the TFDS default,
         ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``).
       voc_use_difficult: VOC labels from ``labels`` (True) or ``labels_no_difficult`` (False).
-      shuffle_buffer: encoded examples in the shuffle buffer.
-      builder: a ``tfds.core.DatasetBuilder`` to use instead of ``tfds.builder(...)`` (tests use a
-        tiny locally prepared dataset with the same features).
+      shuffle_buffer: tf.data path: encoded examples in the shuffle buffer.
+      builder: a ``tfds.core.DatasetBuilder`` to use instead of finding ``name`` in ``data_dir``
+        (tests use a tiny locally prepared dataset with the same features).
+      num_workers: ArrayRecord path: worker processes decoding the batches (``data.num_workers``;
+        0 = threads of the training process).
+
+    Attributes (beyond the protocol):
+      file_format: ``"array_record"`` (random access, Grain) or ``"tfrecord"`` (tf.data).
 
     Raises:
-      ValueError: unknown name, or the dataset is not prepared (the message gives the
-        ``tfds build`` command).
+      ValueError: unknown name; the dataset is not prepared, is in another file format, or lacks
+        a split (one line, with the ``tfds build`` command).
       ImportError: tensorflow-datasets is not installed (with the pip command).
     """
 
@@ -114,6 +171,7 @@ class TFDSSource:
         voc_use_difficult: bool = True,
         shuffle_buffer: int = SHUFFLE_BUFFER,
         builder: Any = None,
+        num_workers: int = 0,
     ) -> None:
         if name not in DATASETS:
             raise ValueError(f"data.name must be one of {tuple(DATASETS)} for TFDS; got {name!r}.")
@@ -121,31 +179,83 @@ class TFDSSource:
             tfds = _tfds()
         except ImportError as e:
             raise ImportError(
-                f"data.name={name!r} needs tensorflow and tensorflow-datasets: "
-                "pip install 'asl-jax[tfds]'"
+                f"data.name={name!r} needs tensorflow-datasets (and tensorflow for TFRecord "
+                "data): pip install 'asl-jax[tfds]'"
             ) from e
         self.name = name
         self.image_size = int(image_size)
+        self.num_workers = int(num_workers)
         self.tfds_name, self._splits = DATASETS[name]
         self._data_dir = data_dir or None
         self._shuffle_buffer = int(shuffle_buffer)
-        self._builder = builder or tfds.builder(self.tfds_name, data_dir=self._data_dir)
-        features = self._builder.info.features
-        if name == "voc2007":
-            self._label_key: tuple[str, ...] = (
-                ("labels",) if voc_use_difficult else ("labels_no_difficult",)
+        if builder is None:
+            # From its files first: TFDS's own COCO code imports TensorFlow. Not found (not
+            # prepared, or TFDS mock data): TFDS's registered builder, read with tf.data.
+            builder = _builder_from_files(self.tfds_name, self._data_dir)
+        if builder is None:
+            builder = tfds.builder(self.tfds_name, data_dir=self._data_dir)
+        self._builder = builder
+        self.file_format = _file_format(builder)
+        if self.file_format not in READERS:
+            raise ValueError(
+                f"data.name={name!r}: TFDS dataset {self.tfds_name} in {builder.data_dir} is "
+                f"prepared as {self.file_format}, but only {ARRAY_RECORD} (random access) and "
+                f"{TFRECORD} (tf.data) can be read; prepare it again with: {self._build_command()}"
             )
-            names = features["labels"].feature.names
-        else:
-            self._label_key = ("objects", "label")
-            names = features["objects"]["label"].names
-            if name == "coco2017" and names == [str(i) for i in range(len(COCO_CLASSES))]:
-                names = COCO_CLASSES
-        self.class_names = tuple(names)
-        self.num_classes = len(names)
+        self._check_splits()
+        self._label_key = self._labels_of(voc_use_difficult)
+        self.num_classes = len(self.class_names)
         self._num_examples = {split: self._count(split) for split in self._splits}
+        if "tensorflow" in sys.modules:  # imported anyway (e.g. by the caller): keep it off GPUs
+            _tf()
+        logger.info(
+            "%s: TFDS %s from %s, %s files: %s%s",
+            name,
+            self.tfds_name,
+            builder.data_dir,
+            self.file_format,
+            READERS[self.file_format],
+            f" (data.num_workers={self.num_workers})" if self.random_access else "",
+        )
+
+    @property
+    def random_access(self) -> bool:
+        """Whether the dataset is read by random access through the Grain pipeline."""
+        return self.file_format == ARRAY_RECORD
+
+    def _labels_of(self, voc_use_difficult: bool) -> tuple[str, ...]:
+        """Sets ``class_names``; returns the key path of the label ids in an example."""
+        features = self._builder.info.features
+        if self.name == "voc2007":
+            self.class_names = tuple(features["labels"].feature.names)
+            return ("labels",) if voc_use_difficult else ("labels_no_difficult",)
+        names = features["objects"]["label"].names
+        if names == [str(i) for i in range(len(COCO_CLASSES))]:
+            names = COCO_CLASSES
+        self.class_names = tuple(names)
+        return ("objects", "label")
+
+    def _build_command(self) -> str:
+        flag = f" --data_dir={self._data_dir}" if self._data_dir else ""
+        return f"tfds build {self.tfds_name}{flag} --file_format={ARRAY_RECORD}"
+
+    def _check_splits(self) -> None:
+        """Every TFDS split we read exists (when the dataset lists its splits; mock data don't)."""
+        have = set(self._builder.info.splits.keys())
+        if not have and not self.random_access:
+            return
+        needed = [part for spec in self._splits.values() for part in spec.split("+")]
+        missing = [part for part in needed if part not in have]
+        if missing:
+            raise ValueError(
+                f"data.name={self.name!r}: TFDS dataset {self.tfds_name} in "
+                f"{self._builder.data_dir} has no split {missing[0]!r} (it has "
+                f"{', '.join(sorted(have)) or 'none'}; {self.name} needs {', '.join(needed)}); "
+                f"prepare it again with: {self._build_command()}"
+            )
 
     def _dataset(self, spec: Any, *, shuffle_files: bool = False, seed: int | None = None):
+        _tf()  # before TFDS imports it: hide the accelerators
         tfds = _tfds()
         if self._label_key[0] == "objects":
             wanted: dict[str, Any] = {"image": True, "objects": {"label": True}}
@@ -167,12 +277,12 @@ class TFDSSource:
 
     def _not_prepared_message(self, detail: str) -> str:
         where = self._data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
-        flag = f" --data_dir={self._data_dir}" if self._data_dir else ""
+        first = detail.strip().splitlines()[0] if detail.strip() else ""
         return (
-            f"data.name={self.name!r}: TFDS dataset {self.tfds_name} is not prepared in {where}. "
-            f"Prepare it once with:\n    tfds build {self.tfds_name}{flag}\n"
-            "(VOC and COCO are downloaded by TFDS; it needs network and disk space), then set "
-            f"data.data_dir to that directory. TFDS said: {detail}"
+            f"data.name={self.name!r}: TFDS dataset {self.tfds_name} is not prepared in {where}; "
+            f"prepare it once with: {self._build_command()} (TFDS downloads VOC and COCO itself: "
+            "it needs network and disk space), then set data.data_dir to that directory. "
+            f"TFDS said: {first}"
         )
 
     def _component_sizes(self, split: str) -> list[tuple[str, int]] | None:
@@ -240,7 +350,48 @@ class TFDSSource:
         process_index: int = 0,
         process_count: int = 1,
     ) -> Iterator[Batch]:
-        """See :class:`~asl_jax.data.base.DataSource` (and the module docstring on shards)."""
+        """See :class:`~asl_jax.data.base.DataSource` and the module docstring.
+
+        ArrayRecord: the iterator of an epoch has ``get_state()`` / ``set_state()``
+        (:class:`~asl_jax.data.pipeline.EpochBatches`). TFRecord: this host's shard, by tf.data.
+        """
+        kwargs = dict(
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            start_batch=start_batch,
+            shuffle=shuffle,
+            drop_remainder=drop_remainder,
+            process_index=process_index,
+            process_count=process_count,
+        )
+        if self.random_access:
+            return self.grain_batches(check_split(split), **kwargs)
+        return self._tf_batches(split, **kwargs)
+
+    def loader(self, split: str) -> RecordLoader:
+        """The decoder of ``split``'s rows by index (what the Grain pipeline runs)."""
+        return RecordLoader(
+            str(self._builder.data_dir),
+            self._splits[check_split(split)],
+            label_key=self._label_key,
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+        )
+
+    def _tf_batches(
+        self,
+        split: str,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int,
+        shuffle: bool,
+        drop_remainder: bool,
+        process_index: int,
+        process_count: int,
+    ) -> Iterator[Batch]:
         check_split(split)
         n = self.num_examples(split)
         num_batches = check_batch_args(
@@ -340,6 +491,71 @@ class TFDSSource:
                 "mask": np.zeros(local, bool),
             }
             produced += 1
+
+
+class RecordLoader:
+    """Reads and decodes rows of a split of a prepared ArrayRecord dataset, by index.
+
+    Picklable (sent to Grain's worker processes): it holds the dataset's directory and opens the
+    TFDS data source in the process that first reads from it.
+
+    Args:
+      builder_dir: the prepared dataset's directory (holding ``dataset_info.json``).
+      spec: the TFDS split (e.g. ``"train+validation"``).
+      label_key: the key path of the label ids in an example (``("labels",)``,
+        ``("objects", "label")``).
+      num_classes: ``K``.
+      image_size: side of the squish-resized images.
+    """
+
+    def __init__(
+        self,
+        builder_dir: str,
+        spec: str,
+        *,
+        label_key: Sequence[str],
+        num_classes: int,
+        image_size: int,
+    ) -> None:
+        self.builder_dir, self.spec, self.label_key = builder_dir, spec, tuple(label_key)
+        self.num_classes, self.image_size = int(num_classes), int(image_size)
+        self._source: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}  # open files do not travel
+
+    def rows(self) -> Any:
+        """The TFDS data source of the split (a sequence of examples, image bytes undecoded)."""
+        if self._source is None:
+            tfds = _tfds()
+            builder = tfds.builder_from_directory(self.builder_dir)
+            self._source = builder.as_data_source(
+                self.spec, decoders={"image": tfds.decode.SkipDecoding()}
+            )
+        return self._source
+
+    def __call__(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(images uint8 [n, S, S, 3], labels float32 [n, K] multi-hot)`` of rows ``indices``.
+
+        Raises:
+          ImageReadError: naming the split and row whose image cannot be decoded.
+        """
+        examples = self.rows().__getitems__([int(i) for i in indices])
+        images = np.empty((len(examples), self.image_size, self.image_size, 3), np.uint8)
+        labels = np.zeros((len(examples), self.num_classes), np.float32)
+        for j, (i, example) in enumerate(zip(indices.tolist(), examples, strict=True)):
+            try:
+                images[j] = load_image(io.BytesIO(example["image"]), self.image_size)
+            except Exception as e:  # Pillow raises many types for corrupt data
+                raise ImageReadError(
+                    f"cannot decode the image of row {i} of TFDS split {self.spec!r} in "
+                    f"{self.builder_dir} ({type(e).__name__}: {e})."
+                ) from e
+            ids = example[self.label_key[0]]
+            for key in self.label_key[1:]:
+                ids = ids[key]
+            labels[j, np.asarray(ids, np.int64)] = 1.0
+        return images, labels
 
 
 def _decode_resize(tf, encoded, size: int):
