@@ -196,8 +196,12 @@ def convert_torch(
             f"head {layout.head!r} re-initialised for {num_classes} classes (the state dict's: "
             f"{', '.join(given) or 'absent'})"
         )
-    # A model without batch norm (ViT) has no ``batch_stats`` collection at all.
-    variables = {k: v for k, v in layout.to_flax(arrays).items() if v or k == "params"}
+    # A model without batch norm (ViT) has no ``batch_stats`` collection at all. The copy: the
+    # layout's transposes are views of the caller's arrays, or of torch tensors' storage, which
+    # the caller may go on to change in place (an optimizer step on the torch model).
+    variables = {
+        k: jax.tree.map(_owned, v) for k, v in layout.to_flax(arrays).items() if v or k == "params"
+    }
     reference = jax.eval_shape(
         lambda: create_model(name, num_classes=num_classes).init(
             jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False
@@ -207,6 +211,10 @@ def convert_torch(
     if got != jax.tree.map(lambda s: tuple(s.shape), dict(reference)):
         raise ValueError(f"the torch layout of {name!r} does not produce the model's variables")
     return variables, note
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    return np.array(array, order="C", copy=True)
 
 
 def from_torch(
@@ -304,11 +312,19 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(
             f"{path} is not a weights-only PyTorch file (it pickles other objects, which are "
-            f"never loaded: {first})"
+            f"never loaded: {_first_line(e)})"
         ) from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch.save file at all
+        raise ValueError(f"{path} is not a readable PyTorch file ({_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The first sentence of an error's message: library messages run over many lines."""
+    text = str(error).strip()
+    line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -322,7 +338,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: an unknown extension, a file without tensors, a file that pickles objects.
+      ValueError: an unknown extension, a truncated or corrupt file, a file without tensors, a
+        file that pickles objects.
 
     Example:
       >>> sd = load_state_dict("tresnet_m_coco.pth")  # doctest: +SKIP
@@ -337,9 +354,15 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} not found")
     if ext in SAFETENSORS_EXTENSIONS:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        obj: Any = load_file(path)
+        try:
+            obj: Any = load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({_first_line(e)})"
+            ) from None
     else:
         obj = _torch_load(path)
     state_dict = _unwrap(obj, path)
@@ -449,14 +472,14 @@ def load_pretrained(
     if kind == "":
         raise ValueError("model.pretrained is empty: nothing to load")
     _layout(model_name)
-    if kind == "file":
-        state_dict = load_state_dict(value)
-    else:
+    if kind != "file":
         state_dict = _download_state_dict(kind, value, pretrained)
     try:
+        if kind == "file":
+            state_dict = load_state_dict(value)
         variables, note = convert_torch(
             model_name, state_dict, num_classes=num_classes, rng=rng, image_size=image_size
         )
-    except ValueError as e:
-        raise ValueError(f"model.pretrained={pretrained!r}: {e}") from None
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"model.pretrained={pretrained!r}: {e}") from None
     return variables, f"{model_name} initialised from {pretrained}: {note}"

@@ -173,6 +173,43 @@ def test_load_state_dict_errors(tmp_path, name, exception, message):
         load_state_dict(tmp_path / name)
 
 
+@pytest.mark.parametrize("extension", [".safetensors", ".pth"])
+@pytest.mark.parametrize("cut", ["empty", "truncated"])
+def test_corrupt_weights_files_are_refused_with_one_line(
+    tmp_path, resnet18_state_dict, extension, cut
+):
+    if extension == ".pth":
+        torch = pytest.importorskip("torch")
+        good = tmp_path / "good.pth"
+        torch.save({k: torch.from_numpy(v) for k, v in resnet18_state_dict.items()}, good)
+        kind = "PyTorch"
+    else:
+        from safetensors.numpy import save_file
+
+        good = tmp_path / "good.safetensors"
+        save_file(resnet18_state_dict, str(good))
+        kind = "safetensors"
+    content = good.read_bytes()
+    path = tmp_path / f"bad{extension}"
+    path.write_bytes(b"" if cut == "empty" else content[: len(content) // 2])
+    with pytest.raises(ValueError) as info:
+        load_state_dict(path)
+    assert str(info.value).startswith(f"{path} is not a readable {kind} file (")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_converted_variables_own_their_memory(resnet18_state_dict):
+    """Changing the source arrays after the conversion (a torch optimizer step, say) leaves the
+    converted variables as they were."""
+    source = {k: v.copy() for k, v in resnet18_state_dict.items()}
+    variables = from_torch("resnet18", source, num_classes=NUM_CLASSES)
+    before = jax.tree.map(np.copy, variables)
+    for value in source.values():
+        value += 1.0
+    jax.tree.map(np.testing.assert_array_equal, variables, before)
+    assert all(a.flags.c_contiguous for a in jax.tree.leaves(variables))
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
