@@ -292,6 +292,34 @@ def test_logits_equal_torchvision(name):
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_train_mode_batch_norm_equals_torchvision(name):
+    """A training forward: the same logits (batch statistics) and the same updated running
+    statistics, the variance in Flax's convention (see ``torch_train_step``)."""
+    from tests.models.conftest import torch_train_step
+
+    torch_model = _torchvision(name)
+    variables = from_torch(name, torch_model.state_dict(), num_classes=NUM_CLASSES)
+    mean, std = NORMALIZATIONS["imagenet"]
+    expected, state = torch_train_step(
+        torch_model, ((IMAGES - mean) / std).transpose(0, 3, 1, 2).copy()
+    )
+    model = create_model(name, num_classes=NUM_CLASSES)
+    logits, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, IMAGES
+    )
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * scale)
+    reference = from_torch(name, state, num_classes=NUM_CLASSES)["batch_stats"]
+    jax.tree.map(
+        lambda got, want: np.testing.assert_allclose(
+            got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+        ),
+        jax.device_get(updates["batch_stats"]),
+        reference,
+    )
+
+
 def test_to_torch_loads_strict_into_torchvision_with_the_same_logits():
     import torch
     import torchvision

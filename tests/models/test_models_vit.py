@@ -31,8 +31,9 @@ def _timm_model(**kwargs):
 @pytest.mark.parametrize(
     ("depth", "size"),
     # Full depth at 32 px (2×2 grid: position embeddings shrunk from 14×14), 2 blocks at 48 px
-    # (3×3) and at 224 px (the stored grid, no resizing).
-    [(12, 32), (2, 48), (2, 224)],
+    # (3×3) and at 224 px (the stored grid, no resizing); full depth at 384 px (24×24: the
+    # embeddings grown, the usual fine-tuning resolution; slow).
+    [(12, 32), (2, 48), (2, 224), pytest.param(12, 384, marks=pytest.mark.slow)],
 )
 def test_equals_timm_and_round_trips(depth, size):
     torch = pytest.importorskip("torch")
