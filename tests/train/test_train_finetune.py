@@ -2,8 +2,9 @@
 
 A small generated folder dataset and a ``.pth`` file saved from a torchvision model with random
 weights (nothing is downloaded): the fine-tuning recipe trains, ``train.evaluate`` and
-``train.predict`` read the run, and a file of the wrong architecture or a corrupt file stops the
-run before training with one line that names the problem. Skipped without torchvision.
+``train.predict`` read the run, ``train.export`` writes it back for torchvision, and a file of the
+wrong architecture or a corrupt file stops the run before training with one line that names the
+problem. Skipped without torchvision.
 """
 
 import json
@@ -105,6 +106,45 @@ def test_fine_tunes_from_a_pth_file_then_evaluates_and_predicts(tmp_path, data, 
         assert {label["label"] for label in prediction["labels"]} == set(CLASSES)
         assert all(0 <= p <= 1 for p in prediction["probabilities"].values())
 
+    _exports_into_torchvision_with_the_same_logits(workdir, arch)
+
+
+def _exports_into_torchvision_with_the_same_logits(workdir, arch):
+    """``train.export`` writes .pth (CLI) and .safetensors (API); both load strictly into
+    torchvision and give the logits of the checkpoint's model."""
+    import jax
+    import torch
+    import torchvision
+    from safetensors import safe_open
+
+    from asl_jax.models import create_model
+    from asl_jax.models.normalization import NORMALIZATIONS
+    from train.common import open_run
+    from train.export import export_workdir
+
+    proc = run_module("train.export", f"--workdir={workdir}", f"--output={workdir}/m.pth")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"load with torchvision.models.{arch}(num_classes=3)" in proc.stdout
+    info = export_workdir(workdir, workdir / "m.safetensors")
+    assert info["step"] == 2 and info["normalization"] == "imagenet"
+    with safe_open(str(workdir / "m.safetensors"), "np") as f:
+        assert json.loads(f.metadata()["classes"]) == sorted(CLASSES)
+        from_safetensors = {k: torch.from_numpy(f.get_tensor(k)) for k in f.keys()}
+
+    run = open_run(workdir)
+    variables = jax.device_get({"params": run.state.params, "batch_stats": run.state.batch_stats})
+    model = create_model(arch, num_classes=3, normalization="imagenet")
+    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(model.apply(variables, images, train=False))
+    mean, std = NORMALIZATIONS["imagenet"]
+    x = torch.from_numpy(((images - mean) / std).transpose(0, 3, 1, 2).copy())
+    for state_dict in (torch.load(workdir / "m.pth", weights_only=True), from_safetensors):
+        target = torchvision.models.get_model(arch, weights=None, num_classes=3).eval()
+        target.load_state_dict(state_dict, strict=True)
+        with torch.no_grad():
+            logits = target(x).numpy()
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
 
 def _truncated(path, arch):
     _torchvision_weights(path, arch)
@@ -147,3 +187,11 @@ def test_a_bad_weights_file_fails_before_training_with_one_line(tmp_path, data, 
     assert "Traceback" not in proc.stderr
     # Nothing was trained or recorded: no checkpoint, no config.json, no metrics.
     assert [path for path in workdir.rglob("*") if path.is_file()] == []
+
+
+def test_export_refuses_an_unknown_format_before_opening_the_run(tmp_path):
+    from train.common import RunError
+    from train.export import export_workdir
+
+    with pytest.raises(RunError, match=r"--output=m\.onnx: expected a \.safetensors, \.pth or"):
+        export_workdir(tmp_path / "no_run", "m.onnx")
