@@ -109,23 +109,56 @@ def _clean(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _model_variables(
-    name: str, num_classes: int, image_size: int, rng: jax.Array | None = None
-) -> Any:
-    """The model's variables: initialised from ``rng``, or shapes only (zeros) without it."""
+def _model_shapes(name: str, num_classes: int, image_size: int) -> tuple[Any, list[Any], Any]:
+    """The model, the shapes of its variables (flattened) and their tree structure."""
     model = create_model(name, num_classes=num_classes)
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    if rng is not None:
-        if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
-            rng = jax.random.wrap_key_data(rng)
-        from asl_jax.training.parallel import FAST_COMPILE
-
-        # Run once: on CPU, skip XLA's expensive optimisations (random initialisers unroll).
-        options = FAST_COMPILE if jax.default_backend() == "cpu" else None
-        init = jax.jit(lambda key: model.init(key, images, train=False), compiler_options=options)
-        return jax.device_get(init(rng))
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
-    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    leaves, treedef = jax.tree.flatten(shapes)
+    return model, leaves, treedef
+
+
+def _expected_shapes(name: str, num_classes: int, image_size: int) -> dict[str, tuple]:
+    """Torch name -> shape of every entry the model's state dict has."""
+    _, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    zeros = [np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape) for leaf in leaves]
+    torch = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
+    return {k: tuple(v.shape) for k, v in torch.items()}
+
+
+def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) -> dict[str, Any]:
+    """The head entries (torch names) of the model as its own initialisation makes them.
+
+    Only the head is computed: each variable is marked with its index and mapped through the
+    layout to find the variables the head's entries come from, and the jitted initialiser
+    returns just those, so XLA drops the other initialisers (a ViT-B's or TResNet's full
+    initialisation takes about 20 s to compile and run on a 2-core CPU). Flax derives each
+    variable's random stream from its path, so the values equal a full initialisation's.
+    """
+    layout = _layout(name)
+    model, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    marked = [np.broadcast_to(np.float32(i), leaf.shape) for i, leaf in enumerate(leaves)]
+    torch_marked = layout.to_torch(jax.tree.unflatten(treedef, marked))
+    head_keys = [k for k in torch_marked if _is_head(k, layout.head)]
+    wanted = sorted({int(np.asarray(torch_marked[k]).flat[0]) for k in head_keys})
+    if not jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+
+    def init_head(key: jax.Array) -> list[jax.Array]:
+        variables = jax.tree.leaves(model.init(key, images, train=False))
+        return [variables[i] for i in wanted]
+
+    from asl_jax.training.parallel import FAST_COMPILE
+
+    # Run once: on CPU, skip XLA's expensive optimisations.
+    options = FAST_COMPILE if jax.default_backend() == "cpu" else None
+    values = jax.device_get(jax.jit(init_head, compiler_options=options)(rng))
+    full = [np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape) for leaf in leaves]
+    for i, value in zip(wanted, values, strict=True):
+        full[i] = value
+    fresh = layout.to_torch(jax.tree.unflatten(treedef, full))
+    return {k: fresh[k] for k in head_keys}
 
 
 def _mismatch_error(
@@ -176,10 +209,7 @@ def convert_torch(
     arrays = _clean(state_dict)
     if layout.rename is not None:
         arrays = layout.rename(arrays)
-    expected = {
-        k: tuple(v.shape)
-        for k, v in layout.to_torch(_model_variables(name, num_classes, image_size)).items()
-    }
+    expected = _expected_shapes(name, num_classes, image_size)
     if _check(name, arrays, expected, num_classes):
         note = f"head {layout.head!r} kept ({num_classes} classes)"
     else:
@@ -189,9 +219,8 @@ def convert_torch(
                 f"the head {layout.head!r} of the state dict ({', '.join(given) or 'absent'}) "
                 f"does not fit num_classes={num_classes}: pass rng to re-initialise it"
             )
-        fresh = layout.to_torch(_model_variables(name, num_classes, image_size, rng))
         arrays = {k: v for k, v in arrays.items() if not _is_head(k, layout.head)}
-        arrays.update({k: v for k, v in fresh.items() if _is_head(k, layout.head)})
+        arrays.update(_fresh_head(name, num_classes, image_size, rng))
         note = (
             f"head {layout.head!r} re-initialised for {num_classes} classes (the state dict's: "
             f"{', '.join(given) or 'absent'})"
@@ -202,13 +231,9 @@ def convert_torch(
     variables = {
         k: jax.tree.map(_owned, v) for k, v in layout.to_flax(arrays).items() if v or k == "params"
     }
-    reference = jax.eval_shape(
-        lambda: create_model(name, num_classes=num_classes).init(
-            jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False
-        )
-    )
-    got = jax.tree.map(lambda a: tuple(a.shape), dict(variables))
-    if got != jax.tree.map(lambda s: tuple(s.shape), dict(reference)):
+    _, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    reference = jax.tree.unflatten(treedef, [tuple(leaf.shape) for leaf in leaves])
+    if jax.tree.map(lambda a: tuple(a.shape), dict(variables)) != dict(reference):
         raise ValueError(f"the torch layout of {name!r} does not produce the model's variables")
     return variables, note
 
@@ -233,6 +258,12 @@ def from_torch(
     ``head`` prefix, ``fc`` for ResNets) is kept when its shapes fit ``num_classes`` (an 80-class
     COCO checkpoint for 80 classes) and otherwise re-initialised from ``rng``, as the model
     would initialise it; which of the two happened is logged (``logging``, this module's logger).
+    The returned arrays are copies: changing the source tensors afterwards changes nothing here.
+
+    Batch-norm running statistics are taken as they are, so inference matches torch's exactly.
+    Training then updates them as Flax does: the running mean as torch does (Flax ``momentum``
+    0.9 = torch's 0.1), the running variance towards the batch's biased variance where torch
+    uses the unbiased one (a factor n / (n - 1) on the batch's share, n = batch × height × width).
 
     Args:
       name: a model of :data:`asl_jax.models.MODELS` with a torch layout.

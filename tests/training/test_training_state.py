@@ -1,6 +1,7 @@
 """Tests of asl_jax.training.state: every TrainState field is checkpointed and restored."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,17 +11,28 @@ import pytest
 
 from asl_jax.models import create_model
 from asl_jax.training.checkpoint import Checkpointer
+from asl_jax.training.parallel import FAST_COMPILE
 from asl_jax.training.state import TrainState, checkpoint_items, create_train_state
 
 STATIC_FIELDS = {"apply_fn", "tx"}
 ARRAY_FIELDS = [f.name for f in dataclasses.fields(TrainState) if f.name not in STATIC_FIELDS]
 
 
-def _state():
+@functools.cache
+def _init():
+    # Jitted as the training loop does: run eagerly, the initialisers dispatch and compile a few
+    # hundred small ops one by one (about 30 s on a 2-core CPU, against about 1 s).
     model = create_model("cnn", num_classes=3, width=4)
-    return create_train_state(
-        jax.random.key(0), model, optax.adam(1e-3), image_shape=(8, 8, 3), gamma_neg=4.0
+    return jax.jit(
+        lambda key: create_train_state(
+            key, model, optax.adam(1e-3), image_shape=(8, 8, 3), gamma_neg=4.0
+        ),
+        compiler_options=FAST_COMPILE,
     )
+
+
+def _state():
+    return _init()(jax.random.key(0))
 
 
 def _perturbed(state):
