@@ -23,7 +23,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from train.common import RunError, open_run
+from train.common import OpenRun, RunError, open_run
+
+
+def _extension(output: str) -> str:
+    from asl_jax.models.pretrained import SAFETENSORS_EXTENSIONS, TORCH_EXTENSIONS
+
+    ext = os.path.splitext(output)[1].lower()
+    if ext not in SAFETENSORS_EXTENSIONS + TORCH_EXTENSIONS:
+        raise RunError(
+            f"--output={output}: expected a .safetensors, .pth or .pt file, not {ext or 'none'!r}"
+        )
+    return ext
 
 
 def export_workdir(
@@ -34,28 +45,34 @@ def export_workdir(
     step: int | None = None,
     best: bool = False,
 ) -> dict[str, Any]:
-    """Writes the run's model as a PyTorch state dict; returns what was written.
+    """Writes a run's model (see :func:`train.common.open_run` for ``step``, ``best``, ``ema``)
+    as a PyTorch state dict: :func:`export_run` of the reopened run.
+
+    Raises:
+      RunError: see :func:`train.common.open_run`; the output's extension is neither
+        ``.safetensors`` nor ``.pth`` / ``.pt`` (checked before the run is opened).
+      ValueError: the model has no torch layout (the small ``cnn``).
+    """
+    _extension(os.fspath(output))
+    return export_run(open_run(workdir, step=step, best=best, ema=ema), output, ema=ema)
+
+
+def export_run(
+    run: OpenRun, output: str | os.PathLike[str], *, ema: bool = False
+) -> dict[str, Any]:
+    """Writes the regular (or with ``ema`` the EMA) model of an opened run as a PyTorch state
+    dict; returns what was written.
 
     Returns:
       ``{"workdir", "step", "model", "output", "name", "num_classes", "normalization",
       "source", "num_tensors"}``: ``name`` is the run's ``model.name``, ``source`` the package
       whose model has this layout (``torchvision`` or ``timm``).
-
-    Raises:
-      RunError: see :func:`train.common.open_run`; the output's extension is neither
-        ``.safetensors`` nor ``.pth`` / ``.pt``.
-      ValueError: the model has no torch layout (the small ``cnn``).
     """
     from asl_jax.models import MODELS
-    from asl_jax.models.pretrained import SAFETENSORS_EXTENSIONS, TORCH_EXTENSIONS, to_torch
+    from asl_jax.models.pretrained import SAFETENSORS_EXTENSIONS, to_torch
 
     output = os.fspath(output)
-    ext = os.path.splitext(output)[1].lower()
-    if ext not in SAFETENSORS_EXTENSIONS + TORCH_EXTENSIONS:
-        raise RunError(
-            f"--output={output}: expected a .safetensors, .pth or .pt file, not {ext or 'none'!r}"
-        )
-    run = open_run(workdir, step=step, best=best, ema=ema, batch_size=None)
+    ext = _extension(output)
     name = str(run.config.model.name)
     layout = MODELS[name].torch if name in MODELS else None
     if layout is None:
