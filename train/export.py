@@ -82,7 +82,8 @@ def export_run(
         (state.ema_params, state.ema_batch_stats) if ema else (state.params, state.batch_stats)
     )
     variables = jax.device_get({"params": params, "batch_stats": batch_stats})
-    tensors = {k: np.ascontiguousarray(v) for k, v in to_torch(name, variables).items()}
+    # Writable C-order copies: torch.from_numpy warns on read-only arrays.
+    tensors = {k: np.array(v, order="C") for k, v in to_torch(name, variables).items()}
     info = {
         "workdir": run.workdir,
         "step": run.step,

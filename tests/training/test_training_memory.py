@@ -123,8 +123,9 @@ def test_an_absurd_size_is_refused_before_any_work(tmp_path, field, value, named
     for parent in parents:
         node = node[parent]
     node[leaf] = value
-    if named is None:
-        train_and_evaluate(config, tmp_path / "run", handle_signals=False)
+    if named is None:  # one step shows it was not refused
+        result = train_and_evaluate(config, tmp_path / "run", stop_at_step=1, handle_signals=False)
+        assert result.summary["step"] == 1
         return
     with pytest.raises(ConfigError, match=named) as info:
         train_and_evaluate(config, tmp_path / "run", handle_signals=False)
