@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
+
+from asl_jax.training.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 # The train step's learning-rate schedule needs a length; it does not change the step's cost.
@@ -28,7 +29,7 @@ ASL_ADAPTIVE = "ASL, adaptive γ−"
 ASL_DETACHED = "ASL, detached weights"
 FOCAL = "focal (γ = 2)"
 _ASL = {"name": "asl", "gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05}
-LOSSES: dict[str, dict[str, Any]] = {
+LOSS_SETTINGS: dict[str, dict[str, Any]] = {
     BCE: {"name": "bce"},
     ASL_STATIC: dict(_ASL),
     ASL_ADAPTIVE: {**_ASL, "adaptive": True},
@@ -53,7 +54,7 @@ _LOSS_ALONE = (LOSS_ALONE_ASL, LOSS_ALONE_BCE)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
+class BenchModel:
     """A model and the input sizes it is benchmarked at."""
 
     key: str
@@ -67,35 +68,34 @@ class ModelSpec:
     breakdown: bool  # also time the parts of the step
 
 
-MODELS: dict[str, ModelSpec] = {
-    "cnn": ModelSpec("cnn", "small CNN (default config)", "cnn", 16, 32, 64, 8192, 2048, True),
-    "resnet18": ModelSpec("resnet18", "ResNet-18", "resnet18", 0, 64, 32, 512, 64, False),
+BENCH_MODELS: dict[str, BenchModel] = {
+    "cnn": BenchModel("cnn", "small CNN (default config)", "cnn", 16, 32, 64, 8192, 2048, True),
+    "resnet18": BenchModel("resnet18", "ResNet-18", "resnet18", 0, 64, 32, 512, 64, False),
 }
 # Tiny sizes for the smoke test (`--tiny`): the same code paths in seconds.
-TINY_MODELS: dict[str, ModelSpec] = {
-    "cnn": ModelSpec("cnn", "small CNN (tiny)", "cnn", 4, 16, 8, 64, 8, True),
-    "resnet18": ModelSpec("resnet18", "ResNet-18 (tiny)", "resnet18", 4, 16, 8, 32, 8, False),
+TINY_BENCH_MODELS: dict[str, BenchModel] = {
+    "cnn": BenchModel("cnn", "small CNN (tiny)", "cnn", 4, 16, 8, 64, 8, True),
+    "resnet18": BenchModel("resnet18", "ResNet-18 (tiny)", "resnet18", 4, 16, 8, 32, 8, False),
 }
 
 
-def make_config(
-    spec: ModelSpec, loss: dict[str, Any], *, cache_dir: str = ""
-) -> ml_collections.ConfigDict:
-    """The default config (`train/configs/default.py`) with `spec`'s model and sizes and `loss`."""
-    from train.configs import default
-
-    config = default.get_config()
-    config.model.name = spec.model
-    config.model.width = spec.width
-    config.data.image_size = spec.image_size
-    config.data.num_train = spec.num_train
-    config.data.num_val = spec.num_val
-    config.data.cache_dir = cache_dir
-    config.batch_size = spec.batch_size
-    config.progress_bar = False
-    for field, value in loss.items():
-        config.loss[field] = value
-    return config
+def make_config(spec: BenchModel, loss: dict[str, Any], *, cache_dir: str = "") -> Config:
+    """The default config with `spec`'s model and sizes and the `loss` settings."""
+    config = Config()
+    return dataclasses.replace(
+        config,
+        batch_size=spec.batch_size,
+        progress_bar=False,
+        model=dataclasses.replace(config.model, name=spec.model, width=spec.width),
+        data=dataclasses.replace(
+            config.data,
+            image_size=spec.image_size,
+            num_train=spec.num_train,
+            num_val=spec.num_val,
+            cache_dir=cache_dir,
+        ),
+        loss=dataclasses.replace(config.loss, **loss),
+    )
 
 
 def _single_device_mesh() -> jax.sharding.Mesh:
@@ -105,7 +105,7 @@ def _single_device_mesh() -> jax.sharding.Mesh:
     return make_mesh(jax.devices()[:1])
 
 
-def programs_for(config: Any, source: Any, spec: Any, mesh: Any) -> Any:
+def programs_for(config: Config, source: Any, spec: Any, mesh: Any) -> Any:
     """The package's compiled programs of `config` (what training runs) on `mesh`."""
     from asl_jax.training import build_programs
 
@@ -118,14 +118,14 @@ def programs_for(config: Any, source: Any, spec: Any, mesh: Any) -> Any:
     )
 
 
-def _take_batches(source: Any, config: Any, count: int, *, epoch: int = 0) -> list[dict]:
+def _take_batches(source: Any, config: Config, count: int, *, epoch: int = 0) -> list[dict]:
     """The first `count` training batches of `config` (host NumPy), cycling over epochs."""
     out: list[dict] = []
     while len(out) < count:
         for batch in source.batches(
             "train",
-            batch_size=int(config.batch_size),
-            seed=int(config.seed),
+            batch_size=config.batch_size,
+            seed=config.seed,
             epoch=epoch,
             shuffle=True,
             drop_remainder=True,
@@ -191,9 +191,9 @@ class _Stepper:
         jax.block_until_ready((self.state, metrics))
 
 
-def _specs(args: Any) -> dict[str, ModelSpec]:
+def _specs(args: Any) -> dict[str, BenchModel]:
     """The model specs of a command line (`args.tiny`, `args.num_train`)."""
-    specs = TINY_MODELS if args.tiny else MODELS
+    specs = TINY_BENCH_MODELS if args.tiny else BENCH_MODELS
     if args.num_train:
         n = args.num_train
         specs = {

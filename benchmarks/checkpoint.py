@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks import _machine, _timing
 from benchmarks._train_common import (
-    ModelSpec,
+    BenchModel,
     _single_device_mesh,
     _take_batches,
     make_config,
@@ -42,8 +42,8 @@ SECTION = "checkpoint"
 SYNC, ASYNC = "synchronous", "asynchronous"
 MODES = {SYNC: False, ASYNC: True}
 #: A CNN of width 96: ~1.7 M parameters, ~20 MB of train state (params, EMA, Adam moments).
-SPEC = ModelSpec("cnn", "CNN, width 96", "cnn", 96, 32, 32, 512, 64, False)
-TINY_SPEC = ModelSpec("cnn", "CNN, width 4 (tiny)", "cnn", 4, 16, 8, 64, 8, False)
+SPEC = BenchModel("cnn", "CNN, width 96", "cnn", 96, 32, 32, 512, 64, False)
+TINY_SPEC = BenchModel("cnn", "CNN, width 4 (tiny)", "cnn", 4, 16, 8, 64, 8, False)
 
 
 @dataclasses.dataclass
@@ -58,7 +58,7 @@ class ModeResult:
 
 @dataclasses.dataclass
 class CheckpointResult:
-    spec: ModelSpec
+    spec: BenchModel
     state_bytes: int
     steps: int
     save_every: int
@@ -90,7 +90,7 @@ def _round(programs: Any, state: Any, batches: list, *, async_save: bool, args: 
     return state, times, saved, total
 
 
-def run(spec: ModelSpec, args: Any) -> CheckpointResult:
+def run(spec: BenchModel, args: Any) -> CheckpointResult:
     """Compiles the step once, then alternates synchronous and asynchronous rounds."""
     from asl_jax.data import create_source
     from asl_jax.training import parallel

@@ -25,9 +25,9 @@ from benchmarks import _timing
 from benchmarks._train_common import (
     ASL_ADAPTIVE,
     LOSS_KEYS,
-    LOSSES,
+    LOSS_SETTINGS,
     ROOT,
-    ModelSpec,
+    BenchModel,
     _compile_train,
     _ms,
     _specs,
@@ -61,7 +61,7 @@ class ScalingResult:
 
 
 def scaling_check(
-    spec: ModelSpec,
+    spec: BenchModel,
     *,
     loss: str = ASL_ADAPTIVE,
     steps: int,
@@ -88,7 +88,7 @@ def scaling_check(
             f"the 1-vs-{devices}-devices check needs {devices} devices, this process has "
             f"{len(available)} (set jax_num_cpu_devices before JAX initialises)"
         )
-    config = make_config(spec, LOSSES[loss], cache_dir=cache_dir)
+    config = make_config(spec, LOSS_SETTINGS[loss], cache_dir=cache_dir)
     source = create_source(config.data, seed=seed)
     host_batches = _take_batches(source, config, steps)
     runs: dict[int, dict[str, Any]] = {}

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from asl_jax.training.config import Config
 from benchmarks import _timing
 from benchmarks._train_common import (
     _PARTS,
@@ -25,11 +26,11 @@ from benchmarks._train_common import (
     BCE,
     LOSS_ALONE_ASL,
     LOSS_ALONE_BCE,
-    LOSSES,
+    LOSS_SETTINGS,
     PART_AUGMENT,
     PART_BACKWARD,
     PART_FORWARD,
-    ModelSpec,
+    BenchModel,
     _compile_train,
     _flops,
     _ms,
@@ -46,7 +47,7 @@ from benchmarks._train_common import (
 class StepResult:
     """Train-step timings of one model: one `Timing` per loss (and per part of the step)."""
 
-    spec: ModelSpec
+    spec: BenchModel
     rounds: int
     timings: dict[str, _timing.Timing]
     compile_seconds: dict[str, float]
@@ -71,14 +72,12 @@ class StepResult:
 
 
 def _breakdown_candidates(
-    config: Any, state: Any, batch: dict, options: dict | None = None
+    config: Config, state: Any, batch: dict, options: dict | None = None
 ) -> dict[str, Callable[[], object]]:
     """Cumulative sub-programs of the train step (the step's own code, cut after each part)."""
-    from asl_jax.training import AugmentConfig, LossConfig
     from asl_jax.training.step import augmented_images, known_labels, loss_and_logits
 
-    augment = AugmentConfig.from_config(config.augment)
-    reference = LossConfig.from_config(config.loss)
+    augment, reference = config.augment, config.loss
 
     def images_of(s: Any, b: dict) -> jax.Array:
         return augmented_images(s, b, augment)
@@ -121,11 +120,11 @@ def _loss_candidates(
 ) -> dict[str, Callable[[], object]]:
     """The train step's loss alone (ASL static and BCE, value and gradient) on [B, K] logits."""
     from asl_jax.losses import reduce_loss
-    from asl_jax.training import LossConfig
+    from asl_jax.training.loss_registry import LossConfig
     from asl_jax.training.step import elementwise_loss
 
-    asl = LossConfig(**LOSSES[ASL_STATIC])
-    bce = LossConfig(**LOSSES[BCE])
+    asl = LossConfig(**LOSS_SETTINGS[ASL_STATIC])
+    bce = LossConfig(**LOSS_SETTINGS[BCE])
     labels = jnp.asarray(labels, jnp.float32)
     # Logits of a network early in training: mostly negative, spread out (as in the loss bench).
     logits = jax.random.normal(jax.random.key(seed), labels.shape) * 3.0 - 2.0
@@ -143,7 +142,7 @@ def _loss_candidates(
 
 
 def run_step_timings(
-    spec: ModelSpec,
+    spec: BenchModel,
     *,
     losses: Sequence[str],
     rounds: int,
@@ -160,7 +159,7 @@ def run_step_timings(
 
     Args:
       spec: model and sizes.
-      losses: names from `LOSSES` (BCE is added when missing: it is the baseline).
+      losses: names from `LOSS_SETTINGS` (BCE is added when missing: it is the baseline).
       rounds: interleaved rounds (fewer, at least 5, when they would exceed `max_seconds`).
       max_seconds: time budget of the timed rounds.
       breakdown: also time the parts of the step (default: `spec.breakdown`).
@@ -180,7 +179,7 @@ def run_step_timings(
     do_breakdown = breakdown if breakdown is not None else spec.breakdown
     names = list(dict.fromkeys([BCE, *losses, *([reference] if do_breakdown else [])]))
     mesh = _single_device_mesh()
-    base = make_config(spec, LOSSES[ASL_STATIC], cache_dir=cache_dir)
+    base = make_config(spec, LOSS_SETTINGS[ASL_STATIC], cache_dir=cache_dir)
     source = create_source(base.data, seed=seed)
     batches = [shard_batch(b, mesh) for b in _take_batches(source, base, num_batches)]
     candidates: dict[str, Callable[[], object]] = {}
@@ -189,7 +188,7 @@ def run_step_timings(
     program_stats: dict[str, tuple[int | None, float | None]] = {}
     estimate = 0.0
     for name in names:
-        config = make_config(spec, LOSSES[name], cache_dir=cache_dir)
+        config = make_config(spec, LOSS_SETTINGS[name], cache_dir=cache_dir)
         programs = programs_for(config, source, spec, mesh)
         # The same key for every loss: the same initial parameters (γ− = 4 where it is used).
         state = programs.init(jax.random.key(seed))
@@ -207,7 +206,7 @@ def run_step_timings(
         log(f"  {spec.key} / {name}: compiled in {compile_seconds[name]:.1f} s")
     extra = _loss_candidates(batches[0]["labels"], seed=seed, options=compiler_options)
     if do_breakdown:
-        config = make_config(spec, LOSSES[reference], cache_dir=cache_dir)
+        config = make_config(spec, LOSS_SETTINGS[reference], cache_dir=cache_dir)
         programs = programs_for(config, source, spec, mesh)
         state = programs.init(jax.random.key(seed))
         extra.update(_breakdown_candidates(config, state, batches[0], compiler_options))
@@ -239,7 +238,7 @@ def run_step_timings(
 def step_table(result: StepResult) -> str:
     """One row per loss: median step time, noise, ratios to BCE, XLA's FLOPs, compile time."""
     rows = []
-    for name in LOSSES:
+    for name in LOSS_SETTINGS:
         if name not in result.timings:
             continue
         timing = result.timings[name]

@@ -22,8 +22,8 @@ import numpy as np
 from benchmarks import _timing
 from benchmarks._train_common import (
     ASL_STATIC,
-    LOSSES,
-    ModelSpec,
+    LOSS_SETTINGS,
+    BenchModel,
     _compile_train,
     _rate,
     _single_device_mesh,
@@ -45,7 +45,7 @@ FOLDER_LOOP = "train loop on folder, streaming (batches → shard_batch → step
 class ThroughputResult:
     """Images/s of the pipelines and the loop; each sample covers `steps[name]` batches."""
 
-    spec: ModelSpec
+    spec: BenchModel
     rounds: int
     batch_size: int
     timings: dict[str, _timing.Timing]
@@ -87,7 +87,7 @@ def _write_folder_dataset(
 
 
 def run_throughput(
-    spec: ModelSpec,
+    spec: BenchModel,
     *,
     rounds: int,
     steps: int = 16,
@@ -123,10 +123,10 @@ def run_throughput(
     from asl_jax.training import shard_batch
 
     mesh = _single_device_mesh()
-    config = make_config(spec, LOSSES[loss], cache_dir=cache_dir)
+    config = make_config(spec, LOSS_SETTINGS[loss], cache_dir=cache_dir)
     source = create_source(config.data, seed=seed)
     programs = programs_for(config, source, spec, mesh)
-    batch_size = int(config.batch_size)
+    batch_size = config.batch_size
     epochs = iter(range(1, 1 << 30))
 
     def batches_of(src: Any, count: int) -> Iterator[dict]:

@@ -86,7 +86,7 @@ def _timing_of(name, seconds):
 
 
 def test_render_goals_and_tables_from_figures():
-    spec = bench.TINY_MODELS["cnn"]
+    spec = bench.TINY_BENCH_MODELS["cnn"]
     per_round = {
         bench.BCE: [1.0, 1.1, 0.9],
         bench.ASL_STATIC: [1.0, 1.08, 0.92],  # within the goal, no consistent difference
@@ -103,9 +103,9 @@ def test_render_goals_and_tables_from_figures():
         spec=spec,
         rounds=3,
         timings={name: _timing_of(name, s) for name, s in per_round.items()},
-        compile_seconds=dict.fromkeys(bench.LOSSES, 1.0),
-        flops=dict.fromkeys(bench.LOSSES, 2e9),
-        program_stats=dict.fromkeys(bench.LOSSES, (100, 2.0**20)),
+        compile_seconds=dict.fromkeys(bench.LOSS_SETTINGS, 1.0),
+        flops=dict.fromkeys(bench.LOSS_SETTINGS, 2e9),
+        program_stats=dict.fromkeys(bench.LOSS_SETTINGS, (100, 2.0**20)),
         num_classes=30,
         final_gamma_neg=3.9,
     )

@@ -19,34 +19,31 @@ from __future__ import annotations
 
 from absl import flags
 
-from train import common
+from train import cli
 
 
 def _define_flags() -> None:
-    common.define_config_flag()
+    cli.define_config_flag()
     flags.DEFINE_string("workdir", "runs/default", "Where results and checkpoints go.")
-    common.define_distributed_flags()
+    cli.define_distributed_flags()
 
 
 def main(argv: list[str]) -> int:
-    common.no_positional_args(argv)
-    common.quiet_logging()
-    common.initialize_distributed()  # before anything touches a device
+    cli.no_positional_args(argv)
+    cli.quiet_logging()
+    cli.initialize_distributed()  # before anything touches a device
     import jax
 
+    from asl_jax.training.checkpoint import UnreadableCheckpointError
     from asl_jax.training.config import ConfigError
-    from asl_jax.training.loop import (
-        NonFiniteError,
-        UnreadableCheckpointError,
-        WorkdirConfigError,
-        format_summary,
-        train_and_evaluate,
-    )
+    from asl_jax.training.loop import NonFiniteError, train_and_evaluate
+    from asl_jax.training.workdir import WorkdirConfigError
+    from train.summary import format_summary
 
     try:
-        result = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        result = train_and_evaluate(cli.typed_config(), flags.FLAGS.workdir)
     except (ConfigError, WorkdirConfigError, NonFiniteError, UnreadableCheckpointError) as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)
     if result.interrupted:
@@ -55,4 +52,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

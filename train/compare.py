@@ -47,39 +47,42 @@ Single process only (for several hosts, run ``python -m train`` per loss).
 
 from __future__ import annotations
 
-import math
+import copy
+import dataclasses
 import os
 import shlex
 import signal
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from asl_jax.training.loss_registry import LOSSES as LOSS_REGISTRY
-from asl_jax.training.loss_registry import used_fields
+from asl_jax.training.config import Config, ConfigError, validate_config
+from asl_jax.training.loss_registry import LOSSES, LossConfig, used_fields
+from train.summary import percent
 
-#: Per-loss settings on top of the shared config, in the order of the paper's comparison.
-#: The runs of a comparison: every registered loss, and ASL with the adaptive γ− rule.
-LOSSES: dict[str, dict[str, Any]] = {
-    **{name: {"name": name, "adaptive": False} for name in LOSS_REGISTRY},
+#: The runs of a comparison, in the order of the paper's comparison: every registered loss, and
+#: each adaptive one with the adaptive γ− rule; per run, its ``loss.name`` and ``loss.adaptive``.
+RUNS: dict[str, dict[str, Any]] = {
+    **{name: {"name": name, "adaptive": False} for name in LOSSES},
     **{
         f"{name}_adaptive": {"name": name, "adaptive": True}
-        for name, spec in LOSS_REGISTRY.items()
+        for name, spec in LOSSES.items()
         if spec.adaptive
     },
 }
 #: The ``loss.*`` fields each run uses. A finished run is reused when only fields it does not use
 #: changed (e.g. ``loss.adaptive_step_size`` for BCE): see :func:`keep_unused_loss_fields`.
 USED_LOSS_FIELDS: dict[str, frozenset[str]] = {
-    run: used_fields(loss["name"], adaptive=loss["adaptive"]) for run, loss in LOSSES.items()
+    run: used_fields(loss["name"], adaptive=loss["adaptive"]) for run, loss in RUNS.items()
 }
 LABELS = {
-    run: LOSS_REGISTRY[loss["name"]].label + (" + adaptive γ−" if loss["adaptive"] else "")
-    for run, loss in LOSSES.items()
+    run: LOSSES[loss["name"]].label + (" + adaptive γ−" if loss["adaptive"] else "")
+    for run, loss in RUNS.items()
 }
-DEFAULT_LOSSES = tuple(LOSSES)
+DEFAULT_LOSSES = tuple(RUNS)
 #: Δp is reported as its mean over the train records of the last fraction of the steps: the
 #: value of a single logged batch is noisy (±0.03 at batch 64).
 DELTA_P_TAIL = 0.1
@@ -90,10 +93,10 @@ TRACEBACK_LINES = 12
 def parse_losses(text: str) -> tuple[str, ...]:
     """``"bce,asl"`` -> ``("bce", "asl")``; ValueError for unknown, duplicate or no names."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in LOSSES]
+    unknown = [n for n in names if n not in RUNS]
     if unknown or not names:
         raise ValueError(
-            f"--losses={text!r}: expected a comma-separated list of {', '.join(LOSSES)}"
+            f"--losses={text!r}: expected a comma-separated list of {', '.join(RUNS)}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else "")
         )
     if len(set(names)) != len(names):
@@ -101,18 +104,33 @@ def parse_losses(text: str) -> tuple[str, ...]:
     return names
 
 
-def loss_config(base: Any, loss: str) -> Any:
-    """An unlocked copy of ``base`` set up for ``loss`` (a key of :data:`LOSSES`)."""
-    import ml_collections
-
-    config = ml_collections.ConfigDict(base.to_dict())
-    config.loss.name = LOSSES[loss]["name"]
-    config.loss.adaptive = LOSSES[loss]["adaptive"]
-    config.name = f"{base.name}:{loss}"
-    return config
+def _as_dict(config: Any) -> dict[str, Any]:
+    """The nested dict of a typed config, a ``ConfigDict`` or a mapping (a copy)."""
+    return config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
 
 
-def keep_unused_loss_fields(config: Any, loss: str, run_dir: str) -> list[str]:
+def _raw_config(base: Any, loss: str) -> dict[str, Any]:
+    """The nested dict of ``base`` (a Config or the mapping of a config file) set up for
+    ``loss`` (a key of :data:`RUNS`)."""
+    raw = _as_dict(base)
+    raw["loss"] = {**raw.get("loss", {}), **RUNS[loss]}
+    raw["name"] = f"{raw.get('name', Config.name)}:{loss}"
+    return raw
+
+
+def loss_config(base: Any, loss: str) -> Config:
+    """The typed config of the run of ``loss`` (a key of :data:`RUNS`) from the shared config.
+
+    Each run's config is checked on its own: a setting only one loss cannot use (the adaptive
+    rule's bounds...) fails that run only.
+
+    Raises:
+      ConfigError: the run's config is invalid.
+    """
+    return validate_config(_raw_config(base, loss))
+
+
+def keep_unused_loss_fields(config: Config, loss: str, run_dir: str) -> tuple[Config, list[str]]:
     """Takes the ``loss.*`` fields ``loss`` does not use from ``run_dir/config.json``, if any.
 
     The training loop refuses to resume a workdir whose config differs in any result-changing
@@ -120,35 +138,49 @@ def keep_unused_loss_fields(config: Any, loss: str, run_dir: str) -> list[str]:
     its existing run stays valid (changing ``loss.gamma_neg`` retrains ASL, not BCE).
 
     Returns:
-      The fields taken over (whose value differed), as ``"loss.x"``.
+      The config to run, and the fields taken over (whose value differed), as ``"loss.x"``.
     """
     from asl_jax.training.records import read_json
 
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
-        return []
+        return config, []
     try:
         old = read_json(path).get("loss", {})
     except (OSError, ValueError, AttributeError):
-        return []  # the training loop reports an unusable workdir
-    kept = []
-    for field in list(config.loss.keys()):
-        if field in USED_LOSS_FIELDS[loss] or field not in old:
-            continue
-        if old[field] != config.loss[field]:
-            config.loss[field] = old[field]
-            kept.append(f"loss.{field}")
-    return kept
+        return config, []  # the training loop reports an unusable workdir
+    taken = {
+        field: old[field]
+        for field in config.loss.to_dict()
+        if field not in USED_LOSS_FIELDS[loss]
+        and field in old
+        and old[field] != getattr(config.loss, field)
+    }
+    if not taken:
+        return config, []
+    try:
+        loss_block = dataclasses.replace(config.loss, **taken)
+    except ValueError:
+        return config, []  # the training loop reports the refused workdir
+    return dataclasses.replace(config, loss=loss_block), [f"loss.{field}" for field in taken]
 
 
 def describe_loss(config: Any) -> str:
     """A short description of the loss settings, e.g. ``γ+=0, γ−=4, m=0.05``."""
     loss = config.loss
-    spec = LOSS_REGISTRY[loss.name]
+    spec = LOSSES[loss.name]
     text = spec.describe(loss)
     if loss.adaptive and spec.adaptive:
         text += f"; adaptive: Δp target {loss.delta_p_target:g}, λ={loss.adaptive_step_size:g}"
     return text
+
+
+def _described(raw: Mapping[str, Any]) -> Any:
+    """The loss settings of a run's raw config, for its entry and log line (also when invalid:
+    the run then fails, and its entry says why)."""
+    return types.SimpleNamespace(
+        loss=types.SimpleNamespace(**LossConfig().to_dict(), **raw["loss"])
+    )
 
 
 def _tail_mean(records: Sequence[Mapping[str, Any]], key: str, total_steps: int) -> float | None:
@@ -270,34 +302,36 @@ def compare(
     losses = parse_losses(",".join(losses))
     if command is None:
         command = shlex.join(["python", "-m", "train.compare", *sys.argv[1:]])
+    base = validate_config(_raw_config(base_config, "bce"))  # the part the runs share
     if source is None:
-        source = create_source(base_config.data, seed=int(base_config.seed))
+        source = create_source(base.data, seed=base.seed)
     os.makedirs(workdir, exist_ok=True)
 
     runs: list[dict[str, Any]] = []
     records: dict[str, list[dict[str, Any]]] = {}
     interrupted: int | None = None
     for i, loss in enumerate(losses):
-        config = loss_config(base_config, loss)
         run_dir = os.path.join(workdir, loss)
+        described = _described(_raw_config(base_config, loss))
         if interrupted is not None:
-            runs.append(_entry(loss, config, run_dir, "not run"))
+            runs.append(_entry(loss, described, run_dir, "not run"))
             continue
-        log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} ({describe_loss(config)}) -> {run_dir}")
+        log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} ({describe_loss(described)}) -> {run_dir}")
         resumed_from = _latest_step(run_dir)
-        if resumed_from is not None:
-            keep_unused_loss_fields(config, loss, run_dir)
         start = time.time()
         try:
+            config = loss_config(base_config, loss)
+            if resumed_from is not None:
+                config, _ = keep_unused_loss_fields(config, loss, run_dir)
             result = train_fn(config, run_dir, source=source, handle_signals=handle_signals)
         except KeyboardInterrupt:  # a second Ctrl-C aborts the run without a checkpoint
             interrupted = int(signal.SIGINT)
             error = "KeyboardInterrupt: aborted (second Ctrl-C)"
-            runs.append(_entry(loss, config, run_dir, "interrupted", error=error))
+            runs.append(_entry(loss, described, run_dir, "interrupted", error=error))
             continue
         except Exception as e:  # one bad run must not cost the others
             log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} FAILED:\n{traceback.format_exc()}")
-            runs.append(failed_entry(loss, config, run_dir, e))
+            runs.append(failed_entry(loss, described, run_dir, e))
             continue
         entry = run_entry(loss, config, result, resumed_from)
         runs.append(entry)
@@ -307,8 +341,8 @@ def compare(
         verb = "reused" if resumed_from == entry["total_steps"] else "done"
         log(
             f"[{i + 1}/{len(losses)}] {LABELS[loss]} {verb} in {time.time() - start:.0f} s: "
-            f"final mAP {_pct(entry['final_map'])} (EMA {_pct(entry['final_map_ema'])}), "
-            f"best {_pct(entry['best_map'])}"
+            f"final mAP {percent(entry['final_map'])} (EMA {percent(entry['final_map_ema'])}), "
+            f"best {percent(entry['best_map'])}"
         )
 
     result = {
@@ -318,7 +352,7 @@ def compare(
         "status": _status(runs, interrupted),
         "signal": interrupted,
         "runs": runs,
-        "config": base_config.to_dict(),
+        "config": _as_dict(base_config),
     }
     _write_results(result, records, log)
     return result
@@ -348,10 +382,6 @@ def _write_results(
         plot_compare(result["runs"], records, os.path.join(workdir, "plots"))
     except Exception as e:  # plots are a convenience: never lose the results to them
         log(f"warning: could not write plots: {e!r}")
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
 def _x100(value: float | None) -> str:
@@ -562,8 +592,7 @@ def compare_seeds(
     results: dict[int, dict[str, Any]] = {}
     status, interrupted = "completed", None
     for seed in seeds:
-        config = base_config.copy_and_resolve_references()
-        config.seed = int(seed)
+        config = {**_as_dict(base_config), "seed": seed}
         result = compare(config, os.path.join(workdir, f"seed_{seed}"), losses, **kwargs)
         results[seed] = result
         if result["status"] == "failed":
@@ -660,30 +689,28 @@ def plot_compare(
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.no_positional_args(argv)
-    common.quiet_logging()
+    cli.no_positional_args(argv)
+    cli.quiet_logging()
     try:
         losses = parse_losses(flags.FLAGS.losses)
         seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
     except ValueError as e:
-        return common.error(str(e))
-    from asl_jax.training.config import ConfigError, validate_config
-
+        return cli.error(str(e))
     base = flags.FLAGS.config
     try:
         # The shared part of the config is checked once, before any run starts (as BCE, which
         # leaves out the checks that only concern one loss: those fail that loss's run only).
-        validate_config(loss_config(base, "bce"))
+        loss_config(base, "bce")
     except ConfigError as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     if seeds is not None:
         return _main_seeds(base, flags.FLAGS.workdir, losses, seeds)
     try:
         result = compare(base, flags.FLAGS.workdir, losses)
     except ValueError as e:  # the data source cannot be built
-        return common.error(f"data.name={base.data.name!r}: {e}")
+        return cli.error(f"data.name={base.data.name!r}: {e}")
     print(format_table(result["runs"]), flush=True)
     plots_dir = os.path.join(result["workdir"], "plots")
     plots = sorted(os.listdir(plots_dir)) if os.path.isdir(plots_dir) else []
@@ -693,31 +720,31 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     failed = [r["loss"] for r in result["runs"] if r["status"] == "failed"]
-    return common.multi_run_status(
+    return cli.multi_run_status(
         result, f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)"
     )
 
 
 def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int]) -> int:
     """``--seeds``: one comparison per seed, then the table over seeds."""
-    from train import common
+    from train import cli
 
     try:
         summary = compare_seeds(base, workdir, losses, seeds)
     except ValueError as e:  # the data source cannot be built
-        return common.error(f"data.name={base.data.name!r}: {e}")
+        return cli.error(f"data.name={base.data.name!r}: {e}")
     print(format_seed_table(summary["losses"]), flush=True)
     out = os.path.abspath(workdir)
     print(f"Results in {out}: seeds.json, seeds.md, and one comparison per seed (seed_<s>/).")
-    return common.multi_run_status(summary, "some runs failed (see seed_<s>/compare.md)")
+    return cli.multi_run_status(summary, "some runs failed (see seed_<s>/compare.md)")
 
 
 def _define_flags() -> None:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.define_config_flag()
+    cli.define_config_flag()
     flags.DEFINE_string("workdir", "runs/compare", "Where the runs and the results go.")
     flags.DEFINE_string(
         "losses", ",".join(DEFAULT_LOSSES), f"Comma-separated losses among {', '.join(LOSSES)}."
@@ -731,6 +758,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from train import common
+    from train import cli
 
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from asl_jax.metrics import METRIC_LABELS, THRESHOLD_METRICS
-from train.common import RunError, build_source, open_run
+from train.reopen import RunError, build_source, open_run
 
 SPLITS = ("val", "train")
 #: Where ``--tune_thresholds`` writes the per-class thresholds (in the run's workdir).
@@ -48,14 +48,14 @@ METRICS = ("map", *THRESHOLD_METRICS)
 
 def predict_split(run: Any, source: Any, split: str, *, ema: bool) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[N, K]`` of the regular (or EMA) model on ``split``, and the labels."""
-    from asl_jax.training.evaluation import eval_batch_size, predict
+    from asl_jax.training.evaluation import predict
 
     outputs = predict(
         run.programs.eval,
         run.state,
         source,
         split,
-        batch_size=eval_batch_size(run.config),
+        batch_size=run.config.evaluation_batch_size,
         mesh=run.mesh,
     )
     return outputs["probs_ema" if ema else "probs"], outputs["labels"]
@@ -99,7 +99,7 @@ def evaluate_workdir(
         that no longer matches.
       ValueError: bad ``split`` or ``threshold``.
     """
-    from asl_jax.training.evaluation import metrics, per_class_ap
+    from asl_jax.training.evaluation import per_class_ap, split_metrics
     from asl_jax.training.records import write_json
 
     for name, value in (("split", split), ("tune_thresholds", tune_on or "val")):
@@ -116,9 +116,9 @@ def evaluate_workdir(
             f"{run.workdir}): the dataset changed since training"
         )
     probs, labels = predict_split(run, source, split, ema=ema)
-    threshold = float(run.config.threshold) if threshold is None else float(threshold)
+    threshold = run.config.threshold if threshold is None else float(threshold)
     ap = per_class_ap(probs, labels)
-    scores = metrics(probs, labels, threshold=threshold)
+    scores = split_metrics(probs, labels, threshold=threshold)
     m_ap = scores.pop("map")
     result: dict[str, Any] = {
         "workdir": run.workdir,
@@ -155,7 +155,7 @@ def _tune(
 ) -> dict[str, Any]:
     """Tunes per-class thresholds on ``tune_on``, writes thresholds.json, and scores ``split``."""
     from asl_jax.metrics import tune_thresholds
-    from asl_jax.training.evaluation import metrics
+    from asl_jax.training.evaluation import split_metrics
     from asl_jax.training.records import write_json
 
     tune_probs, tune_labels = (
@@ -166,7 +166,7 @@ def _tune(
         tune_probs,
         np.where(known, tune_labels, 0),
         where=known,
-        default=float(run.config.threshold),
+        default=run.config.threshold,
     )
     path = os.path.join(run.workdir, THRESHOLDS_FILE)
     write_json(
@@ -178,7 +178,7 @@ def _tune(
             "thresholds": dict(zip(run.class_names, thresholds.tolist(), strict=True)),
         },
     )
-    scores = metrics(probs, labels, threshold=thresholds)
+    scores = split_metrics(probs, labels, threshold=thresholds)
     scores.pop("map")  # a ranking metric: thresholds do not change it
     tuned: dict[str, Any] = {"split": tune_on, "file": path, **scores}
     tuned["thresholds"] = thresholds.tolist()
@@ -229,13 +229,13 @@ def format_result(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.no_positional_args(argv)
-    common.quiet_logging()
+    cli.no_positional_args(argv)
+    cli.quiet_logging()
     f = flags.FLAGS
     if f.step is not None and f.best:
-        return common.error("give --step or --best, not both")
+        return cli.error("give --step or --best, not both")
     try:
         result = evaluate_workdir(
             f.workdir,
@@ -248,7 +248,7 @@ def main(argv: list[str]) -> int:
             tune_on=f.tune_thresholds,
         )
     except (RunError, ValueError) as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     if result.get("tuned", {}).get("warning"):
         print(f"warning: {result['tuned']['warning']}", file=sys.stderr, flush=True)
     print(format_result(result), flush=True)
@@ -275,6 +275,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from train import common
+    from train import cli
 
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

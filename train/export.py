@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from train.common import OpenRun, RunError, open_run
+from train.reopen import OpenRun, RunError, open_run
 
 
 def _extension(output: str) -> str:
@@ -45,11 +45,11 @@ def export_workdir(
     step: int | None = None,
     best: bool = False,
 ) -> dict[str, Any]:
-    """Writes a run's model (see :func:`train.common.open_run` for ``step``, ``best``, ``ema``)
+    """Writes a run's model (see :func:`train.reopen.open_run` for ``step``, ``best``, ``ema``)
     as a PyTorch state dict: :func:`export_run` of the reopened run.
 
     Raises:
-      RunError: see :func:`train.common.open_run`; the output's extension is neither
+      RunError: see :func:`train.reopen.open_run`; the output's extension is neither
         ``.safetensors`` nor ``.pth`` / ``.pt`` (checked before the run is opened).
       ValueError: the model has no torch layout (the small ``cnn``).
     """
@@ -73,7 +73,7 @@ def export_run(
 
     output = os.fspath(output)
     ext = _extension(output)
-    name = str(run.config.model.name)
+    name = run.config.model.name
     layout = MODELS[name].torch if name in MODELS else None
     if layout is None:
         raise ValueError(f"model.name={name!r} has no PyTorch counterpart to export to")
@@ -91,7 +91,7 @@ def export_run(
         "output": os.path.abspath(output),
         "name": name,
         "num_classes": len(run.class_names),
-        "normalization": str(run.config.model.normalization),
+        "normalization": run.config.model.normalization,
         "source": layout.source,
         "num_tensors": len(tensors),
     }
@@ -133,16 +133,16 @@ def format_export(info: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.quiet_logging()
+    cli.quiet_logging()
     if len(argv) > 1:
-        return common.error(f"unexpected argument(s): {' '.join(argv[1:])}", status=2)
+        return cli.error(f"unexpected argument(s): {' '.join(argv[1:])}", status=2)
     f = flags.FLAGS
     try:
         info = export_workdir(f.workdir, f.output, ema=f.ema, step=f.step, best=f.best)
     except (RunError, ValueError) as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     print(format_export(info), flush=True)
     return 0
 
@@ -158,6 +158,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from train import common
+    from train import cli
 
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

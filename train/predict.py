@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from train.common import RunError, open_run, read_workdir_config
+from train.reopen import RunError, open_run, read_workdir_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -162,16 +162,15 @@ def predict_files(
 
     _check_arguments(inputs, threshold, thresholds, top_k)
     images, errors = expand_inputs(inputs)
-    from asl_jax.training.evaluation import eval_batch_size
 
     config = read_workdir_config(os.path.abspath(os.fspath(workdir)))
     # Chunks of a fixed size (the last one padded): one compiled program for all of them.
-    chunk = max(1, min(eval_batch_size(config), len(images)))
+    chunk = max(1, min(config.evaluation_batch_size, len(images)))
     run = open_run(workdir, step=step, batch_size=chunk)
     per_class = tuned_thresholds(run) if thresholds == "tuned" else None
     if threshold is None:
-        threshold = float(run.config.threshold)
-    size = int(run.config.data.image_size)
+        threshold = run.config.threshold
+    size = run.config.data.image_size
     key = "probs_ema" if ema else "probs"
     predictions: list[dict[str, Any]] = []
     for start in range(0, len(images), chunk):
@@ -239,9 +238,9 @@ def format_predictions(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.quiet_logging()
+    cli.quiet_logging()
     f = flags.FLAGS
     try:
         result = predict_files(
@@ -254,7 +253,7 @@ def main(argv: list[str]) -> int:
             thresholds=f.thresholds,
         )
     except (RunError, ValueError) as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     for e in result["errors"]:
         print(f"error: {e['image']}: {e['error']}", file=sys.stderr, flush=True)
     if f.json:
@@ -282,6 +281,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from train import common
+    from train import cli
 
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

@@ -32,9 +32,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from asl_jax.training.loss_registry import loss_spec
-from asl_jax.training.step import LossConfig
-from train.compare import SEED_METRICS, compare_seeds, format_mean_sd, parse_seeds
+from asl_jax.training.loss_registry import LossConfig, loss_spec
+from train.compare import SEED_METRICS, _as_dict, compare_seeds, format_mean_sd, parse_seeds
 
 #: The loss a sweep trains.
 SWEPT_LOSS = "asl"
@@ -50,7 +49,7 @@ GRID_KEYS = tuple(
 
 def parse_grid(specs: Sequence[str]) -> dict[str, tuple[float, ...]]:
     """``["loss.gamma_neg=0,2,4", "loss.clip=0,0.05"]`` -> ``{key: values}``, in flag order."""
-    from train.common import did_you_mean
+    from train.cli import did_you_mean
 
     grid: dict[str, tuple[float, ...]] = {}
     for spec in specs:
@@ -116,9 +115,11 @@ def sweep(
     for point in grid_points(grid):
         entry: dict[str, Any] = {"settings": dict(point), "dir": point_name(point)}
         if signal is None:
-            config = base_config.copy_and_resolve_references()
-            for key, value in point.items():
-                config.loss[key.split(".", 1)[1]] = value
+            config = _as_dict(base_config)
+            config["loss"] = {
+                **config["loss"],
+                **{key.split(".", 1)[1]: value for key, value in point.items()},
+            }
             summary = compare_seeds(
                 config, os.path.join(workdir, entry["dir"]), (SWEPT_LOSS,), seeds, **kwargs
             )
@@ -210,29 +211,29 @@ def plot_sweep(result: Mapping[str, Any], out_dir: str) -> list[str]:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.no_positional_args(argv)
-    common.quiet_logging()
+    cli.no_positional_args(argv)
+    cli.quiet_logging()
     f = flags.FLAGS
     try:
         grid = parse_grid(f.grid or [])
-        seeds = parse_seeds(f.seeds) if f.seeds else (int(f.config.seed),)
+        seeds = parse_seeds(f.seeds) if f.seeds else (f.config.seed,)
     except ValueError as e:
-        return common.error(str(e), status=2)
-    from asl_jax.training.config import ConfigError, validate_config
+        return cli.error(str(e), status=2)
+    from asl_jax.training.config import ConfigError
     from train.compare import loss_config
 
     try:
-        validate_config(loss_config(f.config, SWEPT_LOSS))
+        loss_config(f.config, SWEPT_LOSS)
         result = sweep(f.config, f.workdir, grid, seeds)
     except ConfigError as e:
-        return common.error(str(e))
+        return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
-        return common.error(f"data.name={f.config.data.name!r}: {e}")
+        return cli.error(f"data.name={f.config.data.name!r}: {e}")
     print(format_table(result), flush=True)
     print(f"Results in {os.path.abspath(f.workdir)}: sweep.json, sweep.md, plots/.", flush=True)
-    return common.multi_run_status(
+    return cli.multi_run_status(
         result, "some runs failed (see sweep.md and each point's compare.md)"
     )
 
@@ -240,9 +241,9 @@ def main(argv: list[str]) -> int:
 def _define_flags() -> None:
     from absl import flags
 
-    from train import common
+    from train import cli
 
-    common.define_config_flag()
+    cli.define_config_flag()
     flags.DEFINE_string("workdir", "runs/sweep", "Where the runs and the results go.")
     flags.DEFINE_multi_string(
         "grid", None, f"KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; repeat for a product."
@@ -253,6 +254,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from train import common
+    from train import cli
 
-    common.run(main, _define_flags)
+    cli.run(main, _define_flags)

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+
+from asl_jax.config_fields import ConfigBlock, Effect, interval, option
+
+# Augmentation runs inside the jitted train step: every field changes the compiled program.
+PROGRAM = Effect.PROGRAM
 
 #: RandAugment-style magnitudes (light: the objects of small images must stay recognisable).
 BRIGHTNESS_DELTA = 0.25  # factor in [1 - d, 1 + d]
@@ -26,23 +31,23 @@ OP_PROBABILITY = 0.5  # each RandAugment-style op is applied independently with 
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Static on-device augmentation settings: the ``augment`` config block and its defaults."""
+class AugmentConfig(ConfigBlock):
+    """The ``augment`` config block: static on-device augmentation settings (hashable)."""
 
-    flip: bool = True
-    cutout: float = 0.5
-    randaugment: bool = False
+    PREFIX: ClassVar[str] = "augment"
 
-    @classmethod
-    def from_config(cls, augment_config: Any) -> AugmentConfig:
-        casts = {"float": float, "bool": bool}
-        return cls(
-            **{
-                f.name: casts[f.type](augment_config[f.name])
-                for f in dataclasses.fields(cls)
-                if f.name in augment_config
-            }
-        )
+    flip: bool = option(True, "random horizontal flip", effect=PROGRAM)
+    cutout: float = option(
+        0.5,
+        "probability of one Cutout square of half the image side (0 disables)",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0),
+    )
+    randaugment: bool = option(
+        False,
+        "RandAugment-style brightness / contrast / saturation / translation",
+        effect=PROGRAM,
+    )
 
 
 def to_float(images_uint8: jax.Array) -> jax.Array:

@@ -2,7 +2,8 @@
 
 Typical use (what ``python -m train`` does)::
 
-    from asl_jax.training import train_and_evaluate
+    from asl_jax.training import Config, LossConfig, train_and_evaluate
+    config = Config(num_steps=256, loss=LossConfig(gamma_neg=2.0))
     result = train_and_evaluate(config, "runs/default")
 
 The pieces, for your own loop::
@@ -13,18 +14,20 @@ The pieces, for your own loop::
     state, metrics = programs.train(state, shard_batch(batch, mesh))
 """
 
+from asl_jax.data import AugmentConfig, DataConfig
+from asl_jax.models.config import ModelConfig
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.training.config import ConfigError, validate_config
-from asl_jax.training.loop import (
-    NonFiniteError,
-    Programs,
-    TrainResult,
-    WorkdirConfigError,
-    build_programs,
-    evaluate,
-    format_summary,
-    train_and_evaluate,
+from asl_jax.training.config import (
+    Config,
+    ConfigError,
+    EvalConfig,
+    OptimizerConfig,
+    RunConfig,
+    validate_config,
 )
+from asl_jax.training.evaluation import evaluate
+from asl_jax.training.loop import NonFiniteError, TrainResult, train_and_evaluate
+from asl_jax.training.loss_registry import LossConfig
 from asl_jax.training.optim import create_optimizer, create_schedule, kernel_mask
 from asl_jax.training.parallel import (
     data_sharding,
@@ -33,16 +36,24 @@ from asl_jax.training.parallel import (
     replicated_sharding,
     shard_batch,
 )
+from asl_jax.training.programs import Programs, build_programs
 from asl_jax.training.state import TrainState, create_train_state
-from asl_jax.training.step import AugmentConfig, LossConfig, eval_step, train_step
+from asl_jax.training.step import eval_step, train_step
+from asl_jax.training.workdir import WorkdirConfigError
 
 __all__ = [
     "AugmentConfig",
     "Checkpointer",
+    "Config",
     "ConfigError",
+    "DataConfig",
+    "EvalConfig",
     "LossConfig",
+    "ModelConfig",
     "NonFiniteError",
+    "OptimizerConfig",
     "Programs",
+    "RunConfig",
     "TrainResult",
     "TrainState",
     "WorkdirConfigError",
@@ -53,7 +64,6 @@ __all__ = [
     "data_sharding",
     "eval_step",
     "evaluate",
-    "format_summary",
     "initialize_distributed",
     "kernel_mask",
     "make_mesh",

@@ -1,205 +1,270 @@
-"""Validation of the training configuration, and the policy for resuming a workdir.
+"""The training config: one frozen dataclass per block, checked once, read as typed attributes.
 
-Every field is checked before anything is built or trained; an invalid value raises a
-``ValueError`` that names the field, the value and what was expected, e.g.
-``loss.name='nope': expected one of bce, focal, asl``. Unknown fields (a typo in a config file)
-are errors too: ``config_flags`` already rejects unknown ``--config.x=...`` overrides, but not
-extra keys written in a config file.
+:class:`Config` is what a run reads. Its top-level fields are grouped by concern in
+:class:`RunConfig` (seed, length, batch, logging, checkpoints), :class:`OptimizerConfig` and
+:class:`EvalConfig`; its blocks are :class:`~asl_jax.models.config.ModelConfig` (``model``),
+:class:`~asl_jax.training.loss_registry.LossConfig` (``loss``),
+:class:`~asl_jax.data.DataConfig` (``data``) and :class:`~asl_jax.data.AugmentConfig`
+(``augment``). Each field is declared once, with its default, its check, a one-line description
+and its :class:`~asl_jax.config_fields.Effect`; derived from those declarations:
+
+- ``train/configs/default.py`` (:func:`default_config_dict`), the README's config table
+  (:func:`config_table`, ``python -m asl_jax.training.config`` prints it);
+- the key of the compiled-program cache (:func:`program_key`: the ``PROGRAM`` fields);
+- the fields whose change makes a workdir refuse to resume (:func:`changed_result_fields`);
+- what a field meant for a run whose ``config.json`` predates it (``stored=True`` of
+  :meth:`~asl_jax.config_fields.ConfigBlock.from_mapping`).
+
+An invalid value raises :class:`ConfigError` (a ``ValueError``) naming the field, the value and
+what was expected, e.g. ``loss.name='nope': expected one of bce, focal, asl``. A field that the
+config does not have (a typo in a config file) is an error too.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from asl_jax.data import (
-    AUGMENT_DEFAULTS,
-    DATA_DEFAULTS,
-    validate_augment_config,
-    validate_data_config,
+from asl_jax.config_fields import (
+    ConfigBlock,
+    ConfigError,
+    Effect,
+    at_least,
+    block,
+    describe_fields,
+    interval,
+    non_negative,
+    one_of,
+    option,
+    positive,
 )
-from asl_jax.losses import REDUCTIONS
-from asl_jax.models import (
-    DTYPE_NAMES,
-    MODEL_NAMES,
-    MODELS,
-    NORMALIZATION_NAMES,
-    pretrained_model_names,
-)
-from asl_jax.models.pretrained import parse_pretrained
-from asl_jax.training.loss_registry import (
-    INVERSE_FREQUENCY,
-    LOSS_NAMES,
-    LOSSES,
-    parse_class_weights,
-)
+from asl_jax.data import AugmentConfig, DataConfig
+from asl_jax.models.config import ModelConfig
+from asl_jax.training.loss_registry import LossConfig
 from asl_jax.training.optim import OPTIMIZERS, SCHEDULES
 
-#: Every field of the training config, with a one-line description (the README's table).
-FIELDS: dict[str, str] = {
-    "name": "name of the configuration (reported in summary.json)",
-    "seed": "seed of the initialisation, the data order and the augmentation",
-    "batch_size": (
-        "global batch size (all devices, all hosts); lowered, with a warning, to fit a "
-        "smaller train split"
-    ),
-    "eval_batch_size": "global evaluation batch size (0 = batch_size)",
-    "num_epochs": "training epochs (used when num_steps is 0)",
-    "num_steps": "training steps; when > 0 it wins over num_epochs",
-    "optimizer": "adam (L2 on kernels, the official recipe) or adamw (decoupled decay)",
-    "learning_rate": "peak learning rate",
-    "schedule": "onecycle, cosine or constant",
-    "warmup_fraction": "fraction of the steps spent warming up (onecycle, cosine)",
-    "weight_decay": "weight decay on kernels only (0 disables)",
-    "grad_clip_norm": "clip gradients to this global norm (0 disables)",
-    "ema_decay": "decay of the parameter EMA (with a (1+n)/(10+n) warm-up)",
-    "log_every": "write a train record every this many steps",
-    "eval_every": (
-        "evaluate every this many steps (-1 = auto: at least 8 evaluations, every "
-        "total steps // 8; 0 = only at the end; always at the end)"
-    ),
-    "checkpoint_every": "checkpoint every this many steps (0 = only at the end / on interrupt)",
-    "max_checkpoints_to_keep": "number of recent checkpoints kept (plus those of the best mAP "
-    "and best EMA mAP)",
-    "async_checkpoints": (
+__all__ = [
+    "AUTO_EVALUATIONS",
+    "Config",
+    "ConfigError",
+    "EvalConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "changed_result_fields",
+    "config_table",
+    "default_config_dict",
+    "eval_interval",
+    "fit_batch_size",
+    "program_key",
+    "validate_config",
+]
+
+PROGRAM, RESULT, NONE = Effect.PROGRAM, Effect.RESULT, Effect.NONE
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(ConfigBlock):
+    """The run: its name and seed, its length and batch, what it logs and checkpoints."""
+
+    name: str = option(
+        "default", "name of the configuration (reported in summary.json)", effect=NONE
+    )
+    seed: int = option(
+        0,
+        "seed of the initialisation, the data order and the augmentation",
+        effect=RESULT,
+        check=at_least(-(2**63)),
+    )
+    batch_size: int = option(
+        64,
+        "global batch size (all devices, all hosts); lowered, with a warning, to fit a smaller "
+        "train split",
+        effect=RESULT,
+        check=at_least(1),
+    )
+    num_epochs: int = option(
+        8, "training epochs (used when num_steps is 0)", effect=RESULT, check=at_least(0)
+    )
+    num_steps: int = option(
+        0, "training steps; when > 0 it wins over num_epochs", effect=RESULT, check=at_least(0)
+    )
+    log_every: int = option(
+        20, "write a train record every this many steps", effect=NONE, check=at_least(1)
+    )
+    checkpoint_every: int = option(
+        256,
+        "checkpoint every this many steps (0 = only at the end / on interrupt)",
+        effect=NONE,
+        check=at_least(0),
+    )
+    max_checkpoints_to_keep: int = option(
+        2,
+        "number of recent checkpoints kept (plus those of the best mAP and best EMA mAP)",
+        effect=NONE,
+        check=at_least(1),
+    )
+    async_checkpoints: bool = option(
+        True,
         "write checkpoints in the background while training goes on (False: each save blocks "
-        "until written); the last one is complete before the run returns either way"
-    ),
-    "max_consecutive_nonfinite": "stop after this many consecutive non-finite steps",
-    "threshold": "probability threshold of CP/CR/CF1/OP/OR/OF1",
-    "progress_bar": "show a progress bar (process 0)",
-    "tensorboard": "also write the records as TensorBoard event files in the workdir",
-    "profile_steps": "trace this many steps with jax.profiler into WORKDIR/profile (0 = off)",
-    "loss.name": "bce, focal or asl",
-    "loss.gamma_pos": "γ+ of ASL",
-    "loss.gamma_neg": "γ− of ASL (the initial value when adaptive)",
-    "loss.focal_gamma": "γ of the focal loss (γ+ = γ− = focal_gamma, no margin)",
-    "loss.clip": "probability margin m of ASL, in [0, 1)",
-    "loss.detach_focal_weight": "compute the focusing weights without gradient (official code)",
-    "loss.reduction": "sum (official), batchmean (sum / batch size) or mean",
-    "loss.class_weights": "per-class loss weights: '' (none), 'inverse_frequency' or '1,2.5,...'",
-    "loss.pos_weight": "weight of the loss of positive labels (1 = none)",
-    "loss.adaptive": "adapt γ− during training towards loss.delta_p_target (ASL only)",
-    "loss.delta_p_target": "target Δp = p̄− − p̄+ of the adaptive rule (paper: 0.1)",
-    "loss.adaptive_step_size": "λ of the adaptive rule γ− ← γ− + λ (Δp − target)",
-    "loss.adaptive_min_gamma_neg": "lower bound of the adaptive γ−",
-    "loss.adaptive_max_gamma_neg": "upper bound of the adaptive γ−",
-    "model.name": ", ".join(MODEL_NAMES),
-    "model.width": (
-        "channels of the first stage, the token width for vit (0 = the model's default: "
-        + ", ".join(f"{spec.default_width} for {name}" for name, spec in MODELS.items())
-        + ")"
-    ),
-    "model.dtype": "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
-    "model.pretrained": (
-        "initial weights: '' (from scratch), a .pth/.pt/.safetensors file, "
-        "'torchvision:<name>' or 'timm:<name>'"
-    ),
-    "model.normalization": (
-        "input normalisation: auto (what the weights expect; resolved into config.json), "
-        + ", ".join(NORMALIZATION_NAMES)
-    ),
-    "model.freeze_backbone_steps": (
-        "keep every parameter but the classifier head fixed for this many steps (0 = never)"
-    ),
-    **{f"data.{k}": "see asl_jax.data" for k in DATA_DEFAULTS},
-    **{f"augment.{k}": "see asl_jax.data.augment" for k in AUGMENT_DEFAULTS},
-}
+        "until written); the last one is complete before the run returns either way",
+        effect=NONE,
+    )
+    max_consecutive_nonfinite: int = option(
+        20, "stop after this many consecutive non-finite steps", effect=NONE, check=at_least(1)
+    )
+    progress_bar: bool = option(True, "show a progress bar (process 0)", effect=NONE)
+    tensorboard: bool = option(
+        True, "also write the records as TensorBoard event files in the workdir", effect=NONE
+    )
+    profile_steps: int = option(
+        0,
+        "trace this many steps with jax.profiler into WORKDIR/profile (0 = off)",
+        effect=NONE,
+        check=at_least(0),
+    )
 
-#: Fields that do not change what a run computes: a workdir may be resumed with other values.
-OPERATIONAL_FIELDS = frozenset(
-    {
-        "name",
-        "log_every",
-        "eval_every",
-        "checkpoint_every",
-        "max_checkpoints_to_keep",
-        "async_checkpoints",
-        "max_consecutive_nonfinite",
-        "progress_bar",
-        "tensorboard",
-        "profile_steps",
-        "eval_batch_size",
-        "threshold",
-        "data.path",
-        "data.data_dir",
-        "data.cache_dir",
-        "data.num_workers",
-    }
-)
+    def check(self) -> None:
+        super().check()
+        if self.num_steps == 0 and self.num_epochs <= 0:
+            raise self.fail("num_epochs", self.num_epochs, "an integer >= 1 when num_steps is 0")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """``num_steps`` when set (> 0), else ``num_epochs`` epochs of ``steps_per_epoch``."""
+        return self.num_steps or self.num_epochs * steps_per_epoch
 
 
-class ConfigError(ValueError):
-    """An invalid training config (the message names the field)."""
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(ConfigBlock):
+    """The optimizer, its learning-rate schedule and the EMA of the weights."""
+
+    optimizer: str = option(
+        "adam",
+        "adam (L2 on kernels, the official recipe) or adamw (decoupled decay)",
+        effect=PROGRAM,
+        check=one_of(OPTIMIZERS),
+    )
+    learning_rate: float = option(3e-3, "peak learning rate", effect=PROGRAM, check=positive())
+    schedule: str = option(
+        "onecycle", "onecycle, cosine or constant", effect=PROGRAM, check=one_of(SCHEDULES)
+    )
+    warmup_fraction: float = option(
+        0.2,
+        "fraction of the steps spent warming up (onecycle, cosine)",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0, high_open=True),
+    )
+    weight_decay: float = option(
+        1e-4, "weight decay on kernels only (0 disables)", effect=PROGRAM, check=non_negative()
+    )
+    grad_clip_norm: float = option(
+        0.0, "clip gradients to this global norm (0 disables)", effect=PROGRAM, check=non_negative()
+    )
+    # The official 0.9997 averages over ~3000 steps; the default run has 1024.
+    ema_decay: float = option(
+        0.99,
+        "decay of the parameter EMA (with a (1+n)/(10+n) warm-up)",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0, high_open=True),
+    )
 
 
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"loss.name": "asl", ...}`` from a (nested) ConfigDict or mapping."""
-    items = config.items() if hasattr(config, "items") else dict(config).items()
-    out: dict[str, Any] = {}
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if hasattr(value, "items"):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(ConfigBlock):
+    """When and how the validation split is evaluated."""
+
+    eval_batch_size: int = option(
+        0, "global evaluation batch size (0 = batch_size)", effect=NONE, check=at_least(0)
+    )
+    eval_every: int = option(
+        -1,
+        "evaluate every this many steps (-1 = auto: at least 8 evaluations, every total steps "
+        "// 8; 0 = only at the end; always at the end)",
+        effect=NONE,
+        check=at_least(-1),
+    )
+    threshold: float = option(
+        0.5,
+        "probability threshold of CP/CR/CF1/OP/OR/OF1",
+        effect=NONE,
+        check=interval(0.0, 1.0, low_open=True, high_open=True),
+    )
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+@dataclasses.dataclass(frozen=True)
+class Config(EvalConfig, OptimizerConfig, RunConfig):
+    """The whole training config (``train/configs/*.py`` start from its defaults).
+
+    Example:
+      >>> config = Config(num_steps=100, loss=LossConfig(gamma_neg=2))
+      >>> config.loss.gamma_neg, config.evaluation_batch_size
+      (2.0, 64)
+      >>> dataclasses.replace(config, batch_size=0)
+      Traceback (most recent call last):
+      ...
+      asl_jax.config_fields.ConfigError: batch_size=0: expected an integer >= 1
+    """
+
+    loss: LossConfig = block(LossConfig, "the training loss")
+    model: ModelConfig = block(ModelConfig, "the network")
+    data: DataConfig = block(DataConfig, "the dataset")
+    augment: AugmentConfig = block(AugmentConfig, "on-device augmentation")
+
+    @property
+    def evaluation_batch_size(self) -> int:
+        """``eval_batch_size``, or ``batch_size`` when it is 0."""
+        return self.eval_batch_size or self.batch_size
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fail(field: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{field}={value!r}: expected {expected}")
-
-
-def validate_config(config: Any, *, num_devices: int | None = None, process_count: int = 1) -> None:
-    """Checks a training config; raises ValueError naming the first bad field.
+def validate_config(
+    config: Config | Mapping[str, Any], *, num_devices: int | None = None, process_count: int = 1
+) -> Config:
+    """The typed, checked :class:`Config` of ``config``; raises naming the first bad field.
 
     Args:
-      config: the ``ml_collections.ConfigDict`` (or nested mapping) of ``train/configs``.
-      num_devices: devices of the data mesh; ``batch_size`` must be divisible by it.
-      process_count: number of hosts; ``batch_size`` must be divisible by it.
+      config: a :class:`Config`, or the (nested) ``ml_collections.ConfigDict`` / mapping of a
+        config file; a field it lacks takes its default.
+      num_devices: devices of the data mesh; the batch sizes must be divisible by it.
+      process_count: number of hosts; the batch sizes must be divisible by it.
 
     Raises:
       ConfigError: (a ValueError) unknown field, wrong type or value out of range, with the
         field's dotted name.
 
     Example:
-      >>> cfg = get_config(); cfg.loss.name = "nope"          # doctest: +SKIP
-      >>> validate_config(cfg)                                 # doctest: +SKIP
-      ValueError: loss.name='nope': expected one of bce, focal, asl
+      >>> validate_config({"loss": {"name": "nope"}})
+      Traceback (most recent call last):
+      ...
+      asl_jax.config_fields.ConfigError: loss.name='nope': expected one of bce, focal, asl
     """
-    flat = flatten(config)
-    unknown = sorted(k for k in flat if k not in FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"unknown config field(s) {', '.join(unknown)}; known fields: "
-            f"{', '.join(sorted(FIELDS))}"
-        )
-    missing = sorted(k for k in FIELDS if k not in flat and not k.startswith(("data.", "augment.")))
-    if missing:
-        raise ConfigError(f"missing config field(s): {', '.join(missing)}")
+    if not isinstance(config, Config):
+        config = Config.from_mapping(config)
+    for field in ("batch_size", "eval_batch_size"):
+        value = getattr(config, field)
+        for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
+            if value and divisor and value % divisor:
+                raise config.fail(field, value, f"a multiple of the {what} ({divisor})")
+    return config
 
-    check = _Checker(flat)
-    if not isinstance(flat["name"], str):
-        raise _fail("name", flat["name"], "a string")
-    check.integer("seed", -(2**63))
-    _check_loss(check, flat)
-    _check_model_and_optimizer(check)
-    _check_run(check, flat, num_devices=num_devices, process_count=process_count)
-    try:
-        validate_data_config(config["data"] if "data" in config else {})
-        validate_augment_config(config["augment"] if "augment" in config else {})
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+
+def default_config_dict() -> dict[str, Any]:
+    """The defaults of every field as the nested dict of a config file."""
+    return Config().to_dict()
+
+
+def program_key(config: Config) -> str:
+    """The fields that determine the compiled programs (``Effect.PROGRAM``), canonically.
+
+    The data reaches the programs only through the image size and the number of classes, the run
+    length through the total number of steps: the program cache adds those to the key.
+    """
+    program = {
+        name: value
+        for name, (f, value) in config.walk_values()
+        if f.metadata["effect"] is Effect.PROGRAM
+    }
+    return json.dumps(program, sort_keys=True)
 
 
 #: Evaluations a run makes at least when ``eval_every`` is -1 (auto): enough points for a curve.
@@ -250,164 +315,38 @@ def fit_batch_size(batch_size: int, num_examples: int, *, multiple: int = 1) -> 
     return fitted
 
 
-def changed_result_fields(
-    old: Mapping[str, Any], new: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
-) -> list[str]:
-    """Fields (other than :data:`OPERATIONAL_FIELDS`) whose values differ, as ``"f: a -> b"``.
+def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The result-changing fields whose values differ, as ``"field: old -> new"``.
 
     Used when a workdir with checkpoints is reused: resuming with a config that changes results
-    (loss, model, data, schedule, number of steps...) would mix two different runs.
+    (loss, model, data, schedule, number of steps...) would mix two different runs. Fields of
+    :class:`~asl_jax.config_fields.Effect` ``NONE`` (cadence, reporting, paths) may differ.
 
-    A field that ``old`` lacks but ``defaults`` (a nested mapping) has was added to the project
-    after that run was started; the run behaved as its default does, so ``old`` is read as
-    having the default. Defaults are built so that a new field's default keeps the old
-    behaviour (no class weights, ``pos_weight`` 1...).
+    Args:
+      old: the config the run was started with, as stored in its ``config.json`` (a field added
+        to the project since counts as what it meant for that run).
+      new: the config of this session.
     """
-    a, b = flatten(old), flatten(new)
-    added = {k: v for k, v in flatten(defaults or {}).items() if k not in a}
-    a = {**added, **a}
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if key in OPERATIONAL_FIELDS:
-            continue
-        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
-        if va != vb and not (_is_real(va) and _is_real(vb) and float(va) == float(vb)):
-            out.append(f"{key}: {va!r} -> {vb!r}")
-    return out
+    before = Config.from_mapping(old, stored=True).flat()
+    after = (new if isinstance(new, Config) else Config.from_mapping(new)).flat()
+    result_fields = Config.names_with(lambda effect: effect.changes_result)
+    return [
+        f"{name}: {before[name]!r} -> {after[name]!r}"
+        for name in sorted(result_fields)
+        if before[name] != after[name]
+    ]
 
 
-class _Checker:
-    """Type and range checks of the fields of a flattened config (errors name the field)."""
-
-    def __init__(self, flat: dict[str, Any]):
-        self.flat = flat
-
-    def choice(self, field: str, options: tuple[str, ...]) -> None:
-        if self.flat[field] not in options:
-            raise _fail(field, self.flat[field], f"one of {', '.join(options)}")
-
-    def boolean(self, field: str) -> None:
-        if not isinstance(self.flat[field], bool):
-            raise _fail(field, self.flat[field], "True or False")
-
-    def integer(self, field: str, minimum: int) -> None:
-        if not _is_int(self.flat[field]) or self.flat[field] < minimum:
-            raise _fail(field, self.flat[field], f"an integer >= {minimum}")
-
-    def real(
-        self, field: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
-    ) -> None:
-        v = self.flat[field]
-        ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            raise _fail(field, v, f"a number in {interval}")
-
-
-def _check_loss(check: _Checker, flat: dict[str, Any]) -> None:
-    check.choice("loss.name", LOSS_NAMES)
-    check.choice("loss.reduction", REDUCTIONS)
-    for field in ("loss.gamma_pos", "loss.gamma_neg", "loss.focal_gamma"):
-        check.real(field, 0.0, math.inf, hi_open=True)
-    check.real("loss.clip", 0.0, 1.0, hi_open=True)
-    check.boolean("loss.detach_focal_weight")
-    check.boolean("loss.adaptive")
-    check.real("loss.pos_weight", 0.0, math.inf, lo_open=True, hi_open=True)
-    weights = flat["loss.class_weights"]
-    if not isinstance(weights, str):
-        raise _fail("loss.class_weights", weights, "a string: '', 'inverse_frequency' or '1,2,...'")
-    if weights != INVERSE_FREQUENCY:
-        try:
-            parse_class_weights(weights)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    check.real("loss.delta_p_target", -1.0, 1.0)
-    check.real("loss.adaptive_step_size", 0.0, math.inf, lo_open=True, hi_open=True)
-    check.real("loss.adaptive_min_gamma_neg", 0.0, math.inf, hi_open=True)
-    check.real("loss.adaptive_max_gamma_neg", 0.0, math.inf, hi_open=True)
-    if not flat["loss.adaptive"]:
-        return
-    if not LOSSES[flat["loss.name"]].adaptive:
-        raise ConfigError(
-            f"loss.adaptive=True needs loss.name='asl' (got loss.name={flat['loss.name']!r}): "
-            "the adaptive rule drives ASL's γ−"
+def config_table() -> str:
+    """The README's table of every field: name, default, what a change does, meaning."""
+    changes = {PROGRAM: "program", RESULT: "result", NONE: "—"}
+    lines = ["| field | default | changes | meaning |", "|---|---|---|---|"]
+    for row in describe_fields(Config):
+        lines.append(
+            f"| `{row['name']}` | `{row['default']!r}` | {changes[row['effect']]} | {row['doc']} |"
         )
-    lo, hi = flat["loss.adaptive_min_gamma_neg"], flat["loss.adaptive_max_gamma_neg"]
-    if not lo <= flat["loss.gamma_neg"] <= hi:
-        raise _fail(
-            "loss.gamma_neg",
-            flat["loss.gamma_neg"],
-            f"a start value within [loss.adaptive_min_gamma_neg, loss.adaptive_max_gamma_neg]"
-            f" = [{lo}, {hi}]",
-        )
+    return "\n".join(lines)
 
 
-def _check_pretrained(check: _Checker) -> None:
-    flat = check.flat
-    check.choice("model.normalization", ("auto", *NORMALIZATION_NAMES))
-    check.integer("model.freeze_backbone_steps", 0)
-    try:
-        kind, _ = parse_pretrained(flat["model.pretrained"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    name = flat["model.name"]
-    if flat["model.freeze_backbone_steps"] and MODELS[name].torch is None:
-        raise _fail(
-            "model.freeze_backbone_steps",
-            flat["model.freeze_backbone_steps"],
-            f"0 for model.name={name!r} (it has no classifier head layout to tell apart)",
-        )
-    if not kind:
-        return
-    if MODELS[name].torch is None:
-        raise ConfigError(
-            f"model.pretrained={flat['model.pretrained']!r} needs a model that can start from "
-            f"PyTorch weights: one of {', '.join(pretrained_model_names())} "
-            f"(got model.name={name!r})"
-        )
-    if flat["model.width"] not in (0, MODELS[name].default_width):
-        raise _fail(
-            "model.width", flat["model.width"], "0 (the model's own width) with pretrained weights"
-        )
-
-
-def _check_model_and_optimizer(check: _Checker) -> None:
-    check.choice("model.name", MODEL_NAMES)
-    check.integer("model.width", 0)
-    check.choice("model.dtype", DTYPE_NAMES)
-    _check_pretrained(check)
-    check.choice("optimizer", OPTIMIZERS)
-    check.choice("schedule", SCHEDULES)
-    check.real("learning_rate", 0.0, math.inf, lo_open=True, hi_open=True)
-    check.real("weight_decay", 0.0, math.inf, hi_open=True)
-    check.real("warmup_fraction", 0.0, 1.0, hi_open=True)
-    check.real("grad_clip_norm", 0.0, math.inf, hi_open=True)
-    check.real("ema_decay", 0.0, 1.0, hi_open=True)
-
-
-def _check_run(
-    check: _Checker, flat: dict[str, Any], *, num_devices: int | None, process_count: int
-) -> None:
-    check.real("threshold", 0.0, 1.0, lo_open=True, hi_open=True)
-    check.integer("batch_size", 1)
-    check.integer("eval_batch_size", 0)
-    check.integer("num_steps", 0)
-    check.integer("num_epochs", 0)
-    if flat["num_steps"] == 0 and flat["num_epochs"] <= 0:
-        raise _fail("num_epochs", flat["num_epochs"], "an integer >= 1 when num_steps is 0")
-    check.integer("log_every", 1)
-    check.integer("eval_every", -1)
-    check.integer("checkpoint_every", 0)
-    check.integer("max_checkpoints_to_keep", 1)
-    check.boolean("async_checkpoints")
-    check.integer("max_consecutive_nonfinite", 1)
-    check.boolean("progress_bar")
-    check.boolean("tensorboard")
-    check.integer("profile_steps", 0)
-    for field in ("batch_size", "eval_batch_size"):
-        value = flat[field]
-        if value == 0:
-            continue
-        for divisor, what in ((num_devices, "device count"), (process_count, "process count")):
-            if divisor and value % divisor:
-                raise _fail(field, value, f"a multiple of the {what} ({divisor})")
+if __name__ == "__main__":
+    print(config_table())

@@ -16,13 +16,8 @@ from asl_jax.data import DataSource
 from asl_jax.metrics import average_precision, threshold_metrics
 from asl_jax.training import parallel
 
-#: The two models a state holds, and the suffix of their metric names.
-MODELS = (("probs", ""), ("probs_ema", "_ema"))
-
-
-def eval_batch_size(config: Any) -> int:
-    """The evaluation batch size of a config: ``eval_batch_size``, or ``batch_size`` when 0."""
-    return int(config.eval_batch_size) or int(config.batch_size)
+#: The outputs of the two models a state holds, and the suffix of their metric names.
+MODEL_OUTPUTS = (("probs", ""), ("probs_ema", "_ema"))
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -82,7 +77,7 @@ def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return average_precision(probs, np.where(known, labels, 0), where=known)
 
 
-def metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) -> dict[str, float]:
+def split_metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) -> dict[str, float]:
     """``map``, ``cp``, ``cr``, ``cf1``, ``op``, ``or``, ``of1`` (fractions) over known labels.
 
     ``map`` is NaN when no class has a known positive. An unknown label (``labels < 0``) is
@@ -107,10 +102,10 @@ def evaluate(
     threshold: float = 0.5,
     split: str = "val",
 ) -> dict[str, float]:
-    """The metrics of :func:`metrics` for the regular and (suffix ``_ema``) the EMA model."""
+    """The metrics of :func:`split_metrics` for the regular and (suffix ``_ema``) the EMA model."""
     outputs = predict(eval_fn, state, source, split, batch_size=batch_size, mesh=mesh)
     result: dict[str, float] = {}
-    for name, suffix in MODELS:
-        for key, value in metrics(outputs[name], outputs["labels"], threshold=threshold).items():
-            result[f"{key}{suffix}"] = value
+    for name, suffix in MODEL_OUTPUTS:
+        scores = split_metrics(outputs[name], outputs["labels"], threshold=threshold)
+        result.update({f"{key}{suffix}": value for key, value in scores.items()})
     return result

@@ -28,7 +28,7 @@ from typing import Any
 
 import jax
 
-from asl_jax.training.config import ConfigError, flatten
+from asl_jax.training.config import Config, ConfigError
 
 #: Bytes of one input value inside the step (float32 images).
 INPUT_BYTES = 4
@@ -88,7 +88,7 @@ def batch_bytes(batch_size: int, image_size: int, num_devices: int) -> int:
     return math.ceil(batch_size / num_devices) * image_size * image_size * 3 * INPUT_BYTES
 
 
-def check_dataset_memory(config: Any, *, available: Available | None = None) -> None:
+def check_dataset_memory(config: Config, *, available: Available | None = None) -> None:
     """Refuses a ``shapes`` config whose dataset does not fit in the host's RAM.
 
     Called before the dataset is generated (the other sources read their images batch by batch).
@@ -96,11 +96,10 @@ def check_dataset_memory(config: Any, *, available: Available | None = None) -> 
     Raises:
       ConfigError: naming ``data.image_size``, the memory needed and the memory available.
     """
-    flat = flatten(config)
-    if flat["data.name"] != "shapes":
+    if config.data.name != "shapes":
         return
-    size = int(flat["data.image_size"])
-    images = int(flat["data.num_train"]) + int(flat["data.num_val"])
+    size = config.data.image_size
+    images = config.data.num_train + config.data.num_val
     need = images * size * size * 3
     available = available_memory() if available is None else available
     _refuse_above(
@@ -114,7 +113,7 @@ def check_dataset_memory(config: Any, *, available: Available | None = None) -> 
 
 
 def check_batch_memory(
-    config: Any,
+    config: Config,
     *,
     num_devices: int,
     local_devices: int,
@@ -134,12 +133,11 @@ def check_batch_memory(
       ConfigError: naming the batch field and ``data.image_size``, the memory needed and the
         memory available.
     """
-    flat = flatten(config)
-    size = int(flat["data.image_size"])
+    size = config.data.image_size
     available = available_memory() if available is None else available
     shared = available.per_device is None
     for field in ("batch_size", "eval_batch_size"):
-        batch = int(flat[field])
+        batch = getattr(config, field)
         if batch == 0:  # eval_batch_size 0 = batch_size, checked already
             continue
         per_device = batch_bytes(batch, size, num_devices)

@@ -50,13 +50,13 @@ def initialize_distributed(
         return False
     if not auto and any(v is None for v in explicit):
         raise ValueError(
-            "multi-host run: --coordinator_address, --num_processes and --process_id must be "
+            "multi-host run: coordinator_address, num_processes and process_id must be "
             f"given together (got {coordinator_address!r}, {num_processes!r}, {process_id!r})"
         )
     if num_processes is not None and num_processes <= 0:
-        raise ValueError(f"--num_processes={num_processes}: expected a positive integer")
+        raise ValueError(f"num_processes={num_processes}: expected a positive integer")
     if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id={process_id}: expected a value in [0, {num_processes})")
+        raise ValueError(f"process_id={process_id}: expected a value in [0, {num_processes})")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address,

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+import jax
+
 #: The bar that is open, if any: :func:`log` writes through it.
 _open_bar: ProgressBar | None = None
 
@@ -148,7 +150,12 @@ class ProgressBar:
 
 
 def log(message: str) -> None:
-    """Prints ``message`` to stderr, through the open :class:`ProgressBar` if there is one."""
+    """Prints ``message`` to stderr on process 0, through the open :class:`ProgressBar` if any.
+
+    The other processes of a multi-host run would print the same line.
+    """
+    if jax.process_index() != 0:
+        return
     if _open_bar is not None:
         _open_bar.write(message)
     else:

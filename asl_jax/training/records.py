@@ -174,7 +174,9 @@ def summarize(
     Returns:
       A dict with ``final`` (the last evaluation record), ``best_map`` / ``best_map_step``,
       ``best_map_ema`` / ``best_map_ema_step`` (a tie goes to the later step),
-      ``final_gamma_neg``, ``final_delta_p``, ``num_skipped`` and ``extra``'s entries.
+      ``final_gamma_neg`` (``extra``'s when given: the γ− the loss applies after the last
+      step, from the train state; else the value the last logged step applied),
+      ``final_delta_p``, ``num_skipped`` and ``extra``'s entries.
     """
     records = list(records)
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -188,7 +190,7 @@ def summarize(
         out[f"best_{key}"] = best[key] if best else None
         out[f"best_{key}_step"] = best["step"] if best else None
     last = trains[-1] if trains else {}
-    out["final_gamma_neg"] = last.get("gamma_neg")
+    out.setdefault("final_gamma_neg", last.get("gamma_neg"))
     out["final_delta_p"] = last.get("delta_p")
     out["num_skipped"] = last.get("num_skipped", 0)
     return out

@@ -9,83 +9,24 @@ moments, Δp) is over the **global** batch: the same numbers on one device or ma
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from asl_jax.adaptive import (
-    DEFAULT_MAX_GAMMA_NEG,
-    DEFAULT_STEP_SIZE,
-    DEFAULT_TARGET,
-    probability_stats,
-    update_gamma_neg,
-)
+from asl_jax.adaptive import probability_stats, update_gamma_neg
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.losses import asymmetric_loss, reduce_loss
-from asl_jax.training.loss_registry import INVERSE_FREQUENCY, loss_spec, parse_class_weights
+from asl_jax.training.loss_registry import INVERSE_FREQUENCY, LossConfig, parse_class_weights
 from asl_jax.training.state import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Static description of the training loss (hashable: used as a ``jit`` static argument).
-
-    - ``bce``: ``asymmetric_loss`` with γ+ = γ− = 0 and no margin.
-    - ``focal``: γ+ = γ− = ``focal_gamma`` and no margin (focal loss without α).
-    - ``asl``: γ+ = ``gamma_pos``, γ− = ``gamma_neg`` (or the adaptive value carried in the
-      state when ``adaptive``), margin ``clip``.
-
-    ``detach_focal_weight`` applies to focal and asl. ``reduction`` is one of ``sum`` (the
-    official code), ``batchmean`` (sum / batch size: logged losses and ``grad_clip_norm`` do not
-    depend on the batch size; Adam is invariant to the scale either way) or ``mean``.
-
-    The defaults are the training defaults (``train/configs/default.py`` is built from them). The
-    adaptive rule is off by default: on the embedded run it keeps Δp near the target, but γ−
-    drifts from 4 to about 0.3 and the mAP is not better (README, "Results").
-    """
-
-    name: str = "asl"
-    gamma_pos: float = 0.0
-    gamma_neg: float = 4.0
-    focal_gamma: float = 2.0
-    clip: float = 0.05
-    detach_focal_weight: bool = False
-    reduction: str = "batchmean"
-    adaptive: bool = False
-    delta_p_target: float = DEFAULT_TARGET
-    adaptive_step_size: float = DEFAULT_STEP_SIZE
-    adaptive_min_gamma_neg: float = 0.0
-    adaptive_max_gamma_neg: float = DEFAULT_MAX_GAMMA_NEG
-    # Weighting outside the paper (as timm's loss factory offers): "" (none), "inverse_frequency"
-    # (resolved from the train labels when a run starts) or one weight per class, "1,2.5,...".
-    class_weights: str = ""
-    pos_weight: float = 1.0  # multiplies the loss of positive labels
-
-    @classmethod
-    def from_config(cls, loss_config: Any) -> LossConfig:
-        """Builds a :class:`LossConfig` from the ``loss`` block of an ml_collections config."""
-        # Cast by the field's declared type, so that an int written in a config (``gamma_neg=4``)
-        # and a float give the same hashable value.
-        casts = {"float": float, "bool": bool, "str": str}
-        values = {
-            f.name: casts[f.type](loss_config[f.name])
-            for f in dataclasses.fields(cls)
-            if f.name in loss_config
-        }
-        return cls(**values)
-
-
-_DEFAULT_AUGMENT = AugmentConfig()
 
 
 def elementwise_loss(
     logits: jax.Array, labels: jax.Array, loss: LossConfig, gamma_neg: jax.Array | float
 ) -> jax.Array:
     """The configured element-wise loss (see :class:`LossConfig` and the loss registry)."""
-    parameters = loss_spec(loss.name).parameters(loss, gamma_neg)
+    parameters = loss.spec.parameters(loss, gamma_neg)
     value = asymmetric_loss(logits, labels, **parameters)
     weights = element_weights(loss, labels)
     return value if weights is None else value * weights
@@ -118,7 +59,7 @@ def element_weights(loss: LossConfig, labels: jax.Array) -> jax.Array | None:
 
 def effective_gamma_neg(loss: LossConfig, gamma_neg: jax.Array | float) -> jax.Array | float:
     """The γ− the configured loss actually applies (0 for BCE, ``focal_gamma`` for focal)."""
-    return loss_spec(loss.name).parameters(loss, gamma_neg)["gamma_neg"]
+    return loss.spec.parameters(loss, gamma_neg)["gamma_neg"]
 
 
 def ema_decay_at(decay: float, num_updates: jax.Array) -> jax.Array:
@@ -209,8 +150,8 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     loss: LossConfig,
-    augment: AugmentConfig = _DEFAULT_AUGMENT,
-    ema_decay: float = 0.999,
+    augment: AugmentConfig,
+    ema_decay: float,
     schedule: optax.Schedule | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step (pure; ``jit`` it with the keyword arguments bound).
@@ -220,9 +161,10 @@ def train_step(
       batch: ``"image"`` uint8 ``[B, H, W, 3]``, ``"labels"`` float ``[B, K]`` in {0, 1}
         (``-1`` = unknown label, masked out of the loss and statistics), optional ``"mask"`` bool
         ``[B]`` (False rows contribute nothing to the loss or the statistics).
-      loss: the loss settings.
-      augment: augmentation settings.
-      ema_decay: EMA decay (with the warm-up of :func:`ema_decay_at`).
+      loss: the loss settings (the ``loss`` config block).
+      augment: augmentation settings (the ``augment`` config block).
+      ema_decay: EMA decay (``ema_decay`` of the config; with the warm-up of
+        :func:`ema_decay_at`).
       schedule: learning-rate schedule, only used to report ``lr``.
 
     Returns:
@@ -234,8 +176,8 @@ def train_step(
     """
     images = augmented_images(state, batch, augment)
     labels, where = known_labels(batch)
-    adaptive = loss.adaptive and loss.name == "asl"
-    gamma_neg = state.gamma_neg if adaptive else loss.gamma_neg
+    # A LossConfig is adaptive only for a loss whose registry entry allows it (its check).
+    gamma_neg = state.gamma_neg if loss.adaptive else loss.gamma_neg
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         return loss_and_logits(params, state, images, labels, where, loss=loss, gamma_neg=gamma_neg)
@@ -251,7 +193,7 @@ def train_step(
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
     ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
     new_gamma_neg = (
-        _next_gamma_neg(loss, state.gamma_neg, stats.delta_p) if adaptive else state.gamma_neg
+        _next_gamma_neg(loss, state.gamma_neg, stats.delta_p) if loss.adaptive else state.gamma_neg
     )
 
     updated = {

@@ -413,8 +413,8 @@ def test_workdirs_from_before_pretrained_weights_read_as_from_scratch(
 ):
     from asl_jax.training.config import changed_result_fields
     from asl_jax.training.loop import added_field_defaults
-    from train.common import read_workdir_config
     from train.configs.default import get_config
+    from train.reopen import read_workdir_config
 
     old = get_config().to_dict()
     old["model"]["name"] = model
@@ -445,9 +445,9 @@ def test_training_from_a_weights_file_and_predict_reuses_the_normalisation(
 
     from asl_jax.training.loop import train_and_evaluate
     from asl_jax.training.parallel import make_mesh
-    from train.common import open_run
     from train.configs.default import get_config
     from train.predict import predict_files
+    from train.reopen import open_run
 
     weights = tmp_path / "r18.safetensors"
     save_file(resnet18_state_dict, str(weights))

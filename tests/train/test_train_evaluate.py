@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from asl_jax.metrics import METRIC_LABELS, threshold_metrics
-from train.common import RunError, build_source
 from train.evaluate import METRICS, evaluate_workdir, format_result
+from train.reopen import RunError, build_source
 
 
 def test_cli_evaluates_the_latest_checkpoint_like_the_training_run(comparison):
@@ -119,10 +119,10 @@ def test_tuned_thresholds_through_evaluate_and_predict(comparison, tmp_path):
     from PIL import Image
 
     from asl_jax.metrics import tune_thresholds
-    from asl_jax.training.evaluation import metrics
-    from train.common import open_run
+    from asl_jax.training.evaluation import split_metrics
     from train.evaluate import predict_split
     from train.predict import predict_files
+    from train.reopen import open_run
 
     copy = tmp_path / "run"
     shutil.copytree(comparison.run, copy)
@@ -139,7 +139,7 @@ def test_tuned_thresholds_through_evaluate_and_predict(comparison, tmp_path):
     by_name = saved["thresholds"]  # keyed by class name
     assert [by_name[name] for name in run.class_names] == pytest.approx(expected.tolist())
     val_probs, val_labels = predict_split(run, source, "val", ema=False)
-    at_tuned = metrics(val_probs, val_labels, threshold=expected)
+    at_tuned = split_metrics(val_probs, val_labels, threshold=expected)
     for key in ("cp", "cr", "cf1", "op", "or", "of1"):
         assert tuned[key] == pytest.approx(at_tuned[key]), key
     # Tuned and scored on one split: flagged as optimistic.

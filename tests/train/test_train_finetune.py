@@ -121,8 +121,8 @@ def _exports_into_torchvision_with_the_same_logits(workdir, arch):
     from asl_jax.models import create_model
     from asl_jax.models.normalization import NORMALIZATIONS
     from asl_jax.training.parallel import FAST_COMPILE
-    from train.common import open_run
     from train.export import export_run, format_export
+    from train.reopen import open_run
 
     run = open_run(workdir)  # once: reopening a run costs about 20 s here
     info = export_run(run, workdir / "m.pth")
@@ -192,8 +192,8 @@ def test_a_bad_weights_file_fails_before_training_with_one_line(tmp_path, data, 
 
 
 def test_export_refuses_an_unknown_format_before_opening_the_run(tmp_path):
-    from train.common import RunError
     from train.export import export_workdir
+    from train.reopen import RunError
 
     with pytest.raises(RunError, match=r"--output=m\.onnx: expected a \.safetensors, \.pth or"):
         export_workdir(tmp_path / "no_run", "m.onnx")

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from asl_jax.data import create_source
-from train.common import RunError, open_run
 from train.evaluate import predict_split
 from train.predict import expand_inputs, format_predictions, predict_files, select_labels
+from train.reopen import RunError, open_run
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from asl_jax.training.checkpoint import (
 )
 from asl_jax.training.loop import TIMING_KEYS, train_and_evaluate
 from asl_jax.training.state import checkpoint_items
-from train.common import RunError
 from train.evaluate import evaluate_workdir
+from train.reopen import RunError
 
 # Validation mAPs scripted per evaluation step: the best regular mAP is tied at steps 4 and 6 (the
 # tie goes to 6, between checkpoint steps), the best EMA mAP is at step 2; neither is the last.

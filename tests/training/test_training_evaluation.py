@@ -1,11 +1,11 @@
 """Tests of asl_jax.training.evaluation: masked metrics and the evaluation batch size."""
 
-import ml_collections
 import numpy as np
 import pytest
 
 from asl_jax.metrics import average_precision, mean_average_precision, threshold_metrics
-from asl_jax.training.evaluation import eval_batch_size, metrics, per_class_ap
+from asl_jax.training.config import Config
+from asl_jax.training.evaluation import per_class_ap, split_metrics
 
 
 def _data(seed=0, n=40, k=5):
@@ -17,7 +17,7 @@ def _data(seed=0, n=40, k=5):
 
 def test_all_known_labels_give_the_library_metrics():
     probs, labels = _data()
-    result = metrics(probs, labels, threshold=0.5)
+    result = split_metrics(probs, labels, threshold=0.5)
     assert result["map"] == pytest.approx(mean_average_precision(probs, labels))
     for key, value in threshold_metrics(probs, labels, threshold=0.5).items():
         assert result[key] == pytest.approx(value)
@@ -30,14 +30,14 @@ def test_unknown_labels_are_left_out_of_each_class():
     ap = per_class_ap(probs, partial)
     np.testing.assert_allclose(ap[[0, 1, 3, 4]], average_precision(probs, labels)[[0, 1, 3, 4]])
     assert ap[2] == pytest.approx(average_precision(probs[10:, 2:3], labels[10:, 2:3])[0])
-    assert metrics(probs, partial, threshold=0.5)["map"] == pytest.approx(np.mean(ap))
+    assert split_metrics(probs, partial, threshold=0.5)["map"] == pytest.approx(np.mean(ap))
 
 
 def test_unknown_labels_are_neither_hits_nor_misses():
     probs, labels = _data(2)
     partial = labels.copy()
     partial[:, 4] = -1
-    result = metrics(probs, partial, threshold=0.5)
+    result = split_metrics(probs, partial, threshold=0.5)
     # Class 4 has no known label: the overall counts are those of the other classes.
     expected = threshold_metrics(probs[:, :4], labels[:, :4], threshold=0.5)
     assert result["op"] == pytest.approx(expected["op"])
@@ -46,14 +46,14 @@ def test_unknown_labels_are_neither_hits_nor_misses():
 
 @pytest.mark.parametrize(("eval_size", "train_size", "expected"), [(0, 64, 64), (128, 64, 128)])
 def test_eval_batch_size(eval_size, train_size, expected):
-    config = ml_collections.ConfigDict({"eval_batch_size": eval_size, "batch_size": train_size})
-    assert eval_batch_size(config) == expected
+    config = Config(eval_batch_size=eval_size, batch_size=train_size)
+    assert config.evaluation_batch_size == expected
 
 
 def test_unknown_labels_are_not_predictions_even_at_threshold_zero():
     probs, labels = _data(3)
     partial = labels.copy()
     partial[:, 4] = -1
-    result = metrics(probs, partial, threshold=0.0)
+    result = split_metrics(probs, partial, threshold=0.0)
     expected = threshold_metrics(probs[:, :4], labels[:, :4], threshold=0.0)
     assert result["op"] == pytest.approx(expected["op"])

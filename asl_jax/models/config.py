@@ -1,0 +1,99 @@
+"""The ``model`` config block: which network, at which width and precision, from which weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from asl_jax.config_fields import ConfigBlock, ConfigError, Effect, at_least, one_of, option
+from asl_jax.models import (
+    DTYPE_NAMES,
+    MODELS,
+    NORMALIZATION_NAMES,
+    default_normalization,
+    pretrained_model_names,
+)
+from asl_jax.models.pretrained import parse_pretrained
+
+
+def _normalization_of_older_runs(stored: Mapping[str, Any]) -> str:
+    # Runs stored before model.normalization existed normalised as their model does.
+    name = stored.get("name", ModelConfig.name)
+    return default_normalization(name) if name in MODELS else "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ConfigBlock):
+    """The ``model`` config block (see :func:`asl_jax.models.create_model`)."""
+
+    PREFIX: ClassVar[str] = "model"
+
+    name: str = option(
+        "cnn", ", ".join(MODELS), effect=Effect.PROGRAM, check=one_of(lambda: tuple(MODELS))
+    )
+    width: int = option(
+        16,
+        "channels of the first stage, the token width for vit (0 = the model's default: "
+        + ", ".join(f"{spec.default_width} for {name}" for name, spec in MODELS.items())
+        + ")",
+        effect=Effect.PROGRAM,
+        check=at_least(0),
+    )
+    dtype: str = option(
+        "auto",
+        "compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), float32 or bfloat16",
+        effect=Effect.PROGRAM,
+        check=one_of(DTYPE_NAMES),
+    )
+    # The initial weights reach the programs as an argument of the initialiser.
+    pretrained: str = option(
+        "",
+        "initial weights: '' (from scratch), a .pth/.pt/.safetensors file, "
+        "'torchvision:<name>' or 'timm:<name>'",
+        effect=Effect.RESULT,
+    )
+    normalization: str = option(
+        "auto",
+        "input normalisation: auto (what the weights expect; resolved into config.json), "
+        + ", ".join(NORMALIZATION_NAMES),
+        effect=Effect.PROGRAM,
+        check=one_of(("auto", *NORMALIZATION_NAMES)),
+        absent=_normalization_of_older_runs,
+    )
+    freeze_backbone_steps: int = option(
+        0,
+        "keep every parameter but the classifier head fixed for this many steps (0 = never)",
+        effect=Effect.PROGRAM,
+        check=at_least(0),
+    )
+
+    def check(self) -> None:
+        try:
+            kind, _ = parse_pretrained(self.pretrained)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        has_layout = MODELS[self.name].torch is not None
+        if self.freeze_backbone_steps and not has_layout:
+            raise self.fail(
+                "freeze_backbone_steps",
+                self.freeze_backbone_steps,
+                f"0 for model.name={self.name!r} (it has no classifier head layout to tell apart)",
+            )
+        if not kind:
+            return
+        if not has_layout:
+            raise ConfigError(
+                f"model.pretrained={self.pretrained!r} needs a model that can start from "
+                f"PyTorch weights: one of {', '.join(pretrained_model_names())} "
+                f"(got model.name={self.name!r})"
+            )
+        if self.width not in (0, MODELS[self.name].default_width):
+            raise self.fail(
+                "width", self.width, "0 (the model's own width) with pretrained weights"
+            )
+
+    @property
+    def width_or_default(self) -> int | None:
+        """The width :func:`asl_jax.models.create_model` takes: None for the model's own."""
+        return self.width or None

@@ -1,0 +1,95 @@
+"""The compiled programs of a config: model, optimizer and the jitted init / train / eval steps.
+
+They are cached per process on what determines them (:func:`asl_jax.training.config.program_key`:
+the config's ``PROGRAM`` fields, plus the number of classes, the image size, the number of steps
+and the mesh), so that several runs in one process (tests, comparisons, resume, evaluation after
+training) compile once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from asl_jax.models import MODELS, create_model
+from asl_jax.training import parallel
+from asl_jax.training.config import Config, program_key
+from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
+from asl_jax.training.state import TrainState, create_train_state
+from asl_jax.training.step import eval_step, train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The model, optimizer and jitted functions of a run (built once per process)."""
+
+    model: Any
+    tx: Any
+    schedule: Any
+    init: Callable[..., TrainState]
+    train: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    eval: Callable[..., dict[str, jax.Array]]
+
+
+_PROGRAMS: dict[Any, Programs] = {}
+
+
+def build_programs(
+    config: Config, *, num_classes: int, image_size: int, total_steps: int, mesh: jax.sharding.Mesh
+) -> Programs:
+    """Model, optimizer and the jitted init / train / eval steps for ``config`` on ``mesh``."""
+    key = (program_key(config), num_classes, image_size, total_steps, mesh)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key]
+    model = create_model(
+        config.model.name,
+        num_classes=num_classes,
+        dtype=config.model.dtype,
+        width=config.model.width_or_default,
+        normalization=config.model.normalization,
+    )
+    schedule = create_schedule(
+        config.schedule,
+        learning_rate=config.learning_rate,
+        total_steps=total_steps,
+        warmup_fraction=config.warmup_fraction,
+    )
+    tx = create_optimizer(
+        config.optimizer,
+        schedule=schedule,
+        weight_decay=config.weight_decay,
+        grad_clip_norm=config.grad_clip_norm or None,
+    )
+    if config.model.freeze_backbone_steps:
+        layout = MODELS[config.model.name].torch
+        head = head_mask(layout.flax_head or layout.head)
+        tx = optax.chain(tx, freeze_for(config.model.freeze_backbone_steps, head))
+    init = parallel.jit_init(
+        functools.partial(
+            create_train_state,
+            model=model,
+            tx=tx,
+            image_shape=(image_size, image_size, 3),
+            gamma_neg=config.loss.gamma_neg,
+        ),
+        mesh,
+    )
+    train = parallel.jit_train_step(
+        functools.partial(
+            train_step,
+            loss=config.loss,
+            augment=config.augment,
+            ema_decay=config.ema_decay,
+            schedule=schedule,
+        ),
+        mesh,
+    )
+    eval_fn = parallel.jit_eval_step(eval_step, mesh)
+    programs = Programs(model, tx, schedule, init, train, eval_fn)
+    _PROGRAMS[key] = programs
+    return programs
