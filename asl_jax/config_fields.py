@@ -278,6 +278,17 @@ def _as_dict(values: Any) -> dict[str, Any]:
     return dict(values.items())
 
 
+def flat_mapping(values: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loss.clip": 0.05, ...}`` of a nested mapping or block, without checking its values."""
+    out: dict[str, Any] = {}
+    for key, value in _as_dict(values).items():
+        if isinstance(value, Mapping) or hasattr(value, "items"):
+            out.update(flat_mapping(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def describe_fields(config: type[ConfigBlock]) -> list[dict[str, Any]]:
     """One row per field of ``config``: ``name``, ``default``, ``effect`` and ``doc``."""
     return [

@@ -34,6 +34,7 @@ from asl_jax.config_fields import (
     at_least,
     block,
     describe_fields,
+    flat_mapping,
     interval,
     non_negative,
     one_of,
@@ -325,15 +326,16 @@ def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
     Args:
       old: the config the run was started with, as stored in its ``config.json`` (a field added
         to the project since counts as what it meant for that run).
-      new: the config of this session.
+      new: the config of this session (a Config, or a mapping: its values are compared as they
+        are, unchecked).
     """
     before = Config.from_mapping(old, stored=True).flat()
-    after = (new if isinstance(new, Config) else Config.from_mapping(new)).flat()
+    after = flat_mapping(new)
     result_fields = Config.names_with(lambda effect: effect.changes_result)
     return [
-        f"{name}: {before[name]!r} -> {after[name]!r}"
+        f"{name}: {before[name]!r} -> {after.get(name, '<unset>')!r}"
         for name in sorted(result_fields)
-        if before[name] != after[name]
+        if before[name] != after.get(name, "<unset>")
     ]
 
 

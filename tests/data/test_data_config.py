@@ -1,4 +1,4 @@
-"""``validate_data_config`` / ``create_source``: field errors and dispatch."""
+"""``DataConfig`` / ``AugmentConfig`` / ``create_source``: field errors and dispatch."""
 
 import ml_collections
 import numpy as np
@@ -9,28 +9,31 @@ import asl_jax.data as data
 
 def _config(**overrides) -> ml_collections.ConfigDict:
     # Built from a dict: a ConfigDict would refuse to change a field's type afterwards.
-    return ml_collections.ConfigDict({**data.DATA_DEFAULTS, **overrides})
+    return ml_collections.ConfigDict({**data.DataConfig().to_dict(), **overrides})
 
 
 def test_defaults_are_valid():
-    data.validate_data_config(_config())
-    data.validate_data_config({})  # missing fields take their defaults
-    data.validate_augment_config(ml_collections.ConfigDict(data.AUGMENT_DEFAULTS))
+    assert data.DataConfig.from_mapping(_config()) == data.DataConfig()
+    assert data.DataConfig.from_mapping({}) == data.DataConfig()  # missing fields: defaults
+    data.AugmentConfig.from_mapping(ml_collections.ConfigDict(data.AugmentConfig().to_dict()))
 
 
 @pytest.mark.parametrize(
     ("overrides", "pattern"),
     [
-        ({"name": "imagenet"}, r"data\.name must be one of 'shapes', 'folder'"),
-        ({"image_size": 4}, r"data\.image_size must be an int >= 8"),
+        ({"name": "imagenet"}, r"data\.name='imagenet': expected one of shapes, folder"),
+        ({"image_size": 4}, r"data\.image_size=4: expected an integer >= 8"),
         ({"image_size": 32.0}, r"data\.image_size"),
-        ({"num_train": 0}, r"data\.num_train must be an int >= 1"),
-        ({"num_val": -3}, r"data\.num_val must be an int >= 1"),
-        ({"drop_positive_fraction": 1.0}, r"data\.drop_positive_fraction must be in \[0, 1\)"),
+        ({"num_train": 0}, r"data\.num_train=0: expected an integer >= 1"),
+        ({"num_val": -3}, r"data\.num_val=-3: expected an integer >= 1"),
+        (
+            {"drop_positive_fraction": 1.0},
+            r"data\.drop_positive_fraction=1\.0: expected a number in \[0\.0, 1\.0\)",
+        ),
         ({"drop_positive_fraction": -0.1}, r"data\.drop_positive_fraction"),
         ({"name": "voc2007", "drop_positive_fraction": 0.3}, r"only supported for.*shapes"),
-        ({"cache_dir": 3}, r"data\.cache_dir must be a string"),
-        ({"skip_bad_rows": 1}, r"data\.skip_bad_rows must be True or False"),
+        ({"cache_dir": 3}, r"data\.cache_dir=3: expected a string"),
+        ({"skip_bad_rows": 1}, r"data\.skip_bad_rows=1: expected True or False"),
         ({"voc_use_difficult": "yes"}, r"data\.voc_use_difficult"),
         ({"name": "folder"}, r"data\.path must be set for data\.name='folder'"),
         ({"name": "folder", "path": "/nonexistent/dir"}, r"data\.path=.* is not a directory"),
@@ -38,7 +41,7 @@ def test_defaults_are_valid():
 )
 def test_invalid_fields(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
-        data.validate_data_config(_config(**overrides))
+        data.DataConfig.from_mapping(_config(**overrides))
     with pytest.raises(ValueError, match=pattern):
         data.create_source(_config(**overrides), seed=0)
 
@@ -46,7 +49,7 @@ def test_invalid_fields(overrides, pattern):
 def test_folder_path_without_csv(tmp_path):
     (tmp_path / "train.csv").write_text("image,labels\n")
     with pytest.raises(ValueError, match=r"has no val\.csv"):
-        data.validate_data_config(_config(name="folder", path=str(tmp_path)))
+        data.DataConfig.from_mapping(_config(name="folder", path=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
@@ -55,7 +58,7 @@ def test_folder_path_without_csv(tmp_path):
 )
 def test_invalid_augment_fields(overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
-        data.validate_augment_config({**data.AUGMENT_DEFAULTS, **overrides})
+        data.AugmentConfig.from_mapping({**data.AugmentConfig().to_dict(), **overrides})
 
 
 def test_create_shapes_source(tmp_path):

@@ -88,7 +88,7 @@ def test_streaming_equals_in_memory(tmp_path):
 
 def test_create_source_folder(tmp_path):
     config = ml_collections.ConfigDict(
-        {**data.DATA_DEFAULTS, "name": "folder", "path": _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)}
+        {**data.DataConfig().to_dict(), "name": "folder", "path": _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)}
     )
     src = data.create_source(config, seed=0)
     assert src.name == "folder" and src.image_size == 32 and src.num_classes == 6
@@ -321,7 +321,8 @@ def test_unknown_labels_get_exactly_zero_gradient_and_are_counted(tmp_path):
 
     from asl_jax.losses import reduce_loss
     from asl_jax.training.loop import train_and_evaluate
-    from asl_jax.training.step import LossConfig, elementwise_loss, known_labels
+    from asl_jax.training.loss_registry import LossConfig
+    from asl_jax.training.step import elementwise_loss, known_labels
 
     path = _partial_dataset(tmp_path, repeat=2)  # 10 images: one per simulated device at least
     src = FolderSource(path, image_size=8)

@@ -28,7 +28,7 @@ from asl_jax.data.pipeline import ImageReadError  # noqa: E402
 
 def _config(name, **overrides):
     return ml_collections.ConfigDict(
-        {**data.DATA_DEFAULTS, "name": name, "image_size": 16, **overrides}
+        {**data.DataConfig().to_dict(), "name": name, "image_size": 16, **overrides}
     )
 
 
@@ -379,7 +379,7 @@ import ml_collections
 import asl_jax.data as data
 
 for name in ("voc2007", "coco2017"):
-    config = {**data.DATA_DEFAULTS, "name": name, "image_size": 8, "data_dir": sys.argv[1]}
+    config = {**data.DataConfig().to_dict(), "name": name, "image_size": 8, "data_dir": sys.argv[1]}
     src = data.create_source(ml_collections.ConfigDict(config), seed=0)
     assert src.random_access, src.file_format
     kw = dict(batch_size=4, seed=0, shuffle=True, drop_remainder=True)

@@ -412,7 +412,6 @@ def test_workdirs_from_before_pretrained_weights_read_as_from_scratch(
     tmp_path, model, normalization
 ):
     from asl_jax.training.config import changed_result_fields
-    from asl_jax.training.loop import added_field_defaults
     from train.configs.default import get_config
     from train.reopen import read_workdir_config
 
@@ -426,9 +425,9 @@ def test_workdirs_from_before_pretrained_weights_read_as_from_scratch(
     # What a resumed run compares: the same config, with the normalisation resolved at setup.
     new = get_config()
     new.model.name, new.model.normalization = model, normalization
-    assert changed_result_fields(old, new.to_dict(), defaults=added_field_defaults(old)) == []
+    assert changed_result_fields(old, new.to_dict()) == []
     new.model.pretrained = "w.safetensors"
-    assert changed_result_fields(old, new.to_dict(), defaults=added_field_defaults(old)) == [
+    assert changed_result_fields(old, new.to_dict()) == [
         "model.pretrained: '' -> 'w.safetensors'"
     ]
 

@@ -178,7 +178,7 @@ def test_no_readable_checkpoint_stops_the_run(cache_dir, tmp_path):
     assert message.startswith(f"no checkpoint in {tmp_path}/checkpoints can be read (step 10: ")
     assert "; step 8: ValueError: " in message
     assert message.endswith(
-        f"Nothing was moved or deleted; to start over, use a new --workdir or move "
+        f"Nothing was moved or deleted; to start over, use a new workdir or move "
         f"{tmp_path}/checkpoints away."
     )
     # Nothing was renamed, and the results were not touched.

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from asl_jax.config_fields import flat_mapping
 from asl_jax.training.config import (
     AUTO_EVALUATIONS,
     Config,
@@ -40,7 +41,7 @@ def test_config_modules_are_found():
 @pytest.mark.parametrize("module", CONFIG_MODULES)
 def test_shipped_configs_define_exactly_the_known_fields(module):
     config = _config(module)
-    assert set(_flat(config)) == set(Config().flat())
+    assert set(flat_mapping(config)) == set(Config().flat())
     if module not in FOLDER_MODULES:
         validate_config(config, num_devices=8)
 
@@ -60,17 +61,6 @@ def test_cpu_recipe_is_small():
     config = _config("folder_cpu")
     assert (config.model.name, config.model.width) == ("cnn", 16)
     assert config.data.image_size <= 96 and config.batch_size <= 32
-
-
-def _flat(tree, prefix=""):
-    """``{"loss.name": ...}`` of a nested ConfigDict, without checking it."""
-    out = {}
-    for key, value in tree.items():
-        if hasattr(value, "items"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _set(config, dotted, value):

@@ -14,7 +14,8 @@ from asl_jax.training.loss_registry import (
     loss_spec,
     resolve_class_weights,
 )
-from asl_jax.training.step import LossConfig, elementwise_loss
+from asl_jax.training.loss_registry import LossConfig
+from asl_jax.training.step import elementwise_loss
 
 LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig) if f.name not in COMMON_FIELDS]
 PERTURBED = {"gamma_pos": 1.0, "gamma_neg": 2.0, "focal_gamma": 3.0, "clip": 0.2}
@@ -92,18 +93,17 @@ def test_inverse_frequency_is_resolved_and_recorded_when_a_run_starts(tmp_path):
 
     from asl_jax.data.base import ArraySource
     from asl_jax.training.config import ConfigError
-    from asl_jax.training.loop import _resolve_class_weights
-    from train.configs.default import get_config
+    from asl_jax.training.config import Config
+    from asl_jax.training.setup import _resolve_class_weights
 
     images = np.zeros((4, 8, 8, 3), np.uint8)
     labels = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], np.float32)
     source = ArraySource("toy", ["a", "b"], train=(images, labels), val=(images, labels))
-    config = get_config()
-    config.loss.class_weights = "inverse_frequency"
+    config = Config(loss=LossConfig(class_weights="inverse_frequency"))
     resolved = _resolve_class_weights(config, source)
     assert config.loss.class_weights == "inverse_frequency"  # the caller's config is kept
     assert resolved.loss.class_weights == resolve_class_weights("inverse_frequency", labels)
-    assert json.loads(resolved.to_json())["loss"]["class_weights"].count(",") == 1
-    config.loss.class_weights = "1,2,3"
+    assert json.loads(json.dumps(resolved.to_dict()))["loss"]["class_weights"].count(",") == 1
+    config = Config(loss=LossConfig(class_weights="1,2,3"))
     with pytest.raises(ConfigError, match=r"has 3 weights; data\.name='shapes' has 2 classes"):
         _resolve_class_weights(config, source)

@@ -3,7 +3,7 @@
 import pytest
 from test_training_loop import tiny_config
 
-from asl_jax.training.config import ConfigError
+from asl_jax.training.config import ConfigError, validate_config
 from asl_jax.training.loop import train_and_evaluate
 from asl_jax.training.memory import (
     Available,
@@ -24,7 +24,7 @@ def _config(**fields):
     """The default config with ``block__field=value`` keywords set (``__`` for the dot)."""
     config = get_config()
     config.update_from_flattened_dict({k.replace("__", "."): v for k, v in fields.items()})
-    return config
+    return validate_config(config)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +84,8 @@ def test_check_batch_memory(fields, available, message):
             "7.5 GiB, more than the 4.0 GiB of host RAM available; lower data.image_size or "
             "data.num_train / data.num_val",
         ),
-        # A folder dataset is read batch by batch: only its batches are checked.
-        (dict(data__image_size=512, data__name="folder"), None),
+        # A TFDS dataset is read batch by batch: only its batches are checked.
+        (dict(data__image_size=512, data__name="coco2017"), None),
     ],
 )
 def test_check_dataset_memory(fields, message):

@@ -11,7 +11,8 @@ import pytest
 
 from asl_jax.data import create_source
 from asl_jax.training import parallel
-from asl_jax.training.loop import build_programs
+from asl_jax.training.config import validate_config
+from asl_jax.training.programs import build_programs
 from asl_jax.training.optim import create_optimizer, create_schedule, kernel_mask
 from train.configs.default import get_config
 
@@ -32,7 +33,7 @@ def tiny_config(cache_dir):
     config.loss.adaptive = True
     config.loss.adaptive_step_size = STEP_SIZE
     config.progress_bar = False
-    return config
+    return validate_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,7 @@ def test_gamma_neg_moves_delta_p_towards_the_target():
     config.loss.adaptive = True
     config.loss.adaptive_step_size = 1.0
     config.augment.cutout = 0.0
+    config = validate_config(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     programs = build_programs(
         config, num_classes=4, image_size=size, total_steps=config.num_steps, mesh=mesh
