@@ -1,8 +1,9 @@
 """Datasets and augmentation for multi-label training.
 
-``create_source(config.data, seed=...)`` returns a :class:`DataSource` that yields host-local
-batches of uint8 images, float32 multi-hot labels and a bool mask; ``augment_images`` / ``to_float``
-turn the images into float32 on device inside the jitted step.
+``create_source(config.data, seed=...)`` returns a :class:`DataSource` whose
+``batches(BatchRequest(...))`` yields host-local batches of uint8 images, float32 multi-hot labels
+and a bool mask; ``augment_images`` / ``to_float`` turn the images into float32 on device inside
+the jitted step.
 
 Datasets (``data.name``):
 
@@ -19,7 +20,13 @@ import os
 from typing import Any
 
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
-from asl_jax.data.base import ArraySource, DataSource, IndexedSource, steps_per_epoch
+from asl_jax.data.base import (
+    ArraySource,
+    BatchRequest,
+    DataSource,
+    IndexedSource,
+    steps_per_epoch,
+)
 
 DATASETS = ("shapes", "folder", "voc2007", "coco2017")
 
@@ -47,6 +54,7 @@ __all__ = [
     "DATASETS",
     "DATA_DEFAULTS",
     "ArraySource",
+    "BatchRequest",
     "DataSource",
     "IndexedSource",
     "augment_images",
@@ -172,7 +180,8 @@ def create_source(data_config: Any, *, seed: int) -> DataSource:
     Args:
       data_config: the ``data`` config block (validated first, see :func:`validate_data_config`).
       seed: the run's seed. ``shapes`` generates its images from it and drops missing labels
-        with it; the batch order is seeded separately, by the ``seed`` given to ``batches()``.
+        with it; the batch order is seeded separately, by the ``seed`` of the
+        :class:`BatchRequest` given to ``batches()``.
 
     Returns:
       A :class:`DataSource`.

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.data import DataSource
+from asl_jax.data import BatchRequest, DataSource
 from asl_jax.metrics import average_precision, threshold_metrics
 from asl_jax.training import parallel
 
@@ -53,13 +53,12 @@ def predict(
     """
     outputs: dict[str, list[np.ndarray]] = {"probs": [], "probs_ema": [], "labels": []}
     for batch in source.batches(
-        split,
-        batch_size=batch_size,
-        seed=0,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        BatchRequest.evaluation(
+            split,
+            batch_size=batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     ):
         out = eval_fn(state, parallel.shard_batch(batch, mesh))
         keep = _to_host(out["mask"])

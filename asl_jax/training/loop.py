@@ -43,7 +43,7 @@ import jax
 import numpy as np
 import optax
 
-from asl_jax.data import DataSource, create_source, steps_per_epoch
+from asl_jax.data import BatchRequest, DataSource, create_source, steps_per_epoch
 from asl_jax.models import MODELS, create_model, default_normalization
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS, Checkpointer, UnreadableCheckpointError
@@ -309,15 +309,14 @@ def _epoch_batches(run: _Run, *, step: int) -> Iterator[dict[str, np.ndarray]]:
     config = run.config
     epoch, start = divmod(step, run.epoch_steps)
     batches = run.source.batches(
-        "train",
-        batch_size=int(config.batch_size),
-        seed=int(config.seed),
-        epoch=epoch,
-        start_batch=start,
-        shuffle=True,
-        drop_remainder=True,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        BatchRequest.training(
+            batch_size=int(config.batch_size),
+            seed=int(config.seed),
+            epoch=epoch,
+            start_batch=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     )
     if run.data_state is not None and hasattr(batches, "set_state"):
         batches.set_state(run.data_state)
