@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from asl_jax.data import BatchRequest, DataSource
+from asl_jax.losses import known_labels_mask
 from asl_jax.metrics import average_precision, threshold_metrics
 from asl_jax.training import parallel
 
@@ -77,7 +78,7 @@ def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Returns:
       float64 [K].
     """
-    known = labels >= 0
+    known = known_labels_mask(labels)
     return average_precision(probs, np.where(known, labels, 0), where=known)
 
 
@@ -87,7 +88,7 @@ def metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) -> dict[
     ``map`` is NaN when no class has a known positive. An unknown label (``labels < 0``) is
     neither a prediction nor a label of any metric.
     """
-    known = labels >= 0
+    known = known_labels_mask(labels)
     targets = np.where(known, labels, 0)
     ap = average_precision(probs, targets, where=known)
     scored = ap[~np.isnan(ap)]

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from asl_jax.data import BatchRequest, DataSource, create_source, steps_per_epoch
+from asl_jax.losses import known_labels_mask
 from asl_jax.models import MODELS, create_model, default_normalization
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS, Checkpointer, UnreadableCheckpointError
@@ -921,7 +922,7 @@ def _unknown_labels(source: DataSource) -> dict[str, int] | None:
         labels = _split_labels(source, split)
         if labels is None:
             return None
-        counts[split] = int(np.count_nonzero(labels < 0))
+        counts[split] = int(np.count_nonzero(~known_labels_mask(labels)))
     return counts
 
 
