@@ -139,33 +139,17 @@ def test_eval_padding_and_mask():
 def test_bad_arguments():
     src = _source()
     with pytest.raises(ValueError, match="divisible by process_count=3"):
-        src.batches(
-            BatchRequest(
-                "train", batch_size=8, seed=0, shuffle=True, drop_remainder=True, process_count=3
-            )
-        )
+        src.batches(BatchRequest.training(batch_size=8, seed=0, process_count=3))
     with pytest.raises(ValueError, match="larger than the train split"):
-        src.batches(BatchRequest("train", batch_size=64, seed=0, shuffle=True, drop_remainder=True))
+        src.batches(BatchRequest.training(batch_size=64, seed=0))
     with pytest.raises(ValueError, match="split must be one of"):
         src.batches(BatchRequest("test", batch_size=8, seed=0, shuffle=True, drop_remainder=True))
     with pytest.raises(ValueError, match="process_index"):
-        src.batches(
-            BatchRequest(
-                "train",
-                batch_size=8,
-                seed=0,
-                shuffle=True,
-                drop_remainder=True,
-                process_index=2,
-                process_count=2,
-            )
-        )
+        src.batches(BatchRequest.training(batch_size=8, seed=0, process_index=2, process_count=2))
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        src.batches(BatchRequest("train", batch_size=0, seed=0, shuffle=True, drop_remainder=True))
+        src.batches(BatchRequest.training(batch_size=0, seed=0))
     with pytest.raises(TypeError, match="batch_size must be an int"):
-        src.batches(
-            BatchRequest("train", batch_size=8.0, seed=0, shuffle=True, drop_remainder=True)
-        )
+        src.batches(BatchRequest.training(batch_size=8.0, seed=0))
 
 
 def test_array_source_validates_arrays():
@@ -184,7 +168,7 @@ def test_prefetch_gives_same_batches():
     fetched = _epoch(src, epoch=2)
     for a, b in zip(plain, fetched, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
-    it = src.batches(BatchRequest("train", batch_size=8, seed=0, shuffle=True, drop_remainder=True))
+    it = src.batches(BatchRequest.training(batch_size=8, seed=0))
     next(it)
     it.close()  # stops the worker without consuming the epoch
 
