@@ -1,7 +1,8 @@
 """asl-jax: Asymmetric Loss for multi-label classification in JAX.
 
 The library: pure, jit-able losses with a hand-written gradient (`asymmetric_loss`,
-`asymmetric_loss_single_label`), reductions and partial labels, the paper's probability analysis and
+`asymmetric_loss_single_label`), reductions and partial labels (-1 = unknown:
+`known_labels_mask`, `partial_labels`), the paper's probability analysis and
 adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-label metrics papers report
 (`asl_jax.metrics`). It needs only jax and optax.
 """
@@ -11,6 +12,7 @@ from asl_jax.adaptive import ProbabilityStats, probability_stats, update_gamma_n
 from asl_jax.losses import (
     asymmetric_loss,
     asymmetric_loss_single_label,
+    known_labels_mask,
     partial_labels,
     reduce_loss,
 )
@@ -19,6 +21,7 @@ __all__ = [
     "ProbabilityStats",
     "asymmetric_loss",
     "asymmetric_loss_single_label",
+    "known_labels_mask",
     "metrics",
     "partial_labels",
     "probability_stats",

@@ -23,6 +23,7 @@ from jax.typing import ArrayLike
 __all__ = [
     "asymmetric_loss",
     "asymmetric_loss_single_label",
+    "known_labels_mask",
     "partial_labels",
     "reduce_loss",
 ]
@@ -565,6 +566,34 @@ def reduce_loss(
     return total / jnp.maximum(count, 1).astype(total.dtype)
 
 
+def known_labels_mask(labels: ArrayLike) -> np.ndarray | jax.Array:
+    """Where a label is known: the one definition of the partial-label convention.
+
+    Labels are written ``{1, 0, -1}``: 1 positive, 0 negative, **-1 unknown** (any negative
+    value counts as unknown). Everything else is known, NaN included: a NaN label is corrupt
+    data, not a missing label, and is left to show (a non-finite loss, a metric's error) rather
+    than silently masked.
+
+    Works on NumPy arrays (a NumPy result, no device transfer) and on JAX arrays, also under
+    ``jit`` (a JAX result).
+
+    Args:
+      labels: labels of any shape and real or bool dtype.
+
+    Returns:
+      A boolean array of the labels' shape: True where the label is known (not negative).
+
+    Example:
+      >>> import numpy as np
+      >>> from asl_jax import known_labels_mask
+      >>> known_labels_mask(np.array([1.0, 0.0, -1.0, 0.7]))
+      array([ True,  True, False,  True])
+    """
+    if not isinstance(labels, np.ndarray | jax.Array):
+        labels = np.asarray(labels)
+    return ~(labels < 0)
+
+
 def partial_labels(labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """Splits labels written ``{1, 0, -1}`` (−1 = unknown) into targets and a mask.
 
@@ -573,7 +602,7 @@ def partial_labels(labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
 
     Args:
       labels: array with entries 1 (positive), 0 (negative) or −1 (unknown). Any negative value
-        counts as unknown.
+        counts as unknown (see `known_labels_mask`); a NaN label is kept (target NaN, known).
 
     Returns:
       ``(targets, mask)``: targets in {0, 1} with the labels' dtype, boolean mask of known entries.
@@ -586,5 +615,5 @@ def partial_labels(labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
       [1 0 0] [ True  True False]
     """
     labels = jnp.asarray(labels)
-    known = labels >= 0
+    known = known_labels_mask(labels)
     return jnp.where(known, labels, jnp.zeros_like(labels)), known

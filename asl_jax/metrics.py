@@ -55,6 +55,8 @@ from typing import Any, Literal
 import jax.numpy as jnp
 import numpy as np
 
+from asl_jax.losses import known_labels_mask
+
 __all__ = [
     "METRIC_LABELS",
     "THRESHOLD_METRICS",
@@ -174,7 +176,10 @@ def _check_labels(x: Any, name: str = "labels") -> np.ndarray:
 
 
 def _known_entries(labels: np.ndarray, where: Any) -> np.ndarray | None:
-    """The ``[N, K]`` mask of known entries (``where`` and labels != -1); None if all are known."""
+    """The ``[N, K]`` mask of known entries (``where`` and labels != -1); None if all are known.
+
+    ``labels`` passed :func:`_check_labels` (entries 0, 1 or -1): -1 is their only unknown value.
+    """
     known = None
     if where is not None:
         known = np.asarray(where)
@@ -185,7 +190,7 @@ def _known_entries(labels: np.ndarray, where: Any) -> np.ndarray | None:
                 f"where must have the shape of labels {labels.shape}; got {known.shape}."
             )
     if labels.dtype.kind != "b":
-        unknown = labels == -1
+        unknown = ~known_labels_mask(labels)
         if unknown.any():
             known = ~unknown if known is None else known & ~unknown
     return None if known is None or known.all() else known

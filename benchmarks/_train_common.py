@@ -120,16 +120,12 @@ def programs_for(config: Config, source: Any, spec: Any, mesh: Any) -> Any:
 
 def _take_batches(source: Any, config: Config, count: int, *, epoch: int = 0) -> list[dict]:
     """The first `count` training batches of `config` (host NumPy), cycling over epochs."""
+    from asl_jax.data import BatchRequest
+
     out: list[dict] = []
     while len(out) < count:
-        for batch in source.batches(
-            "train",
-            batch_size=config.batch_size,
-            seed=config.seed,
-            epoch=epoch,
-            shuffle=True,
-            drop_remainder=True,
-        ):
+        request = BatchRequest.training(batch_size=config.batch_size, seed=config.seed, epoch=epoch)
+        for batch in source.batches(request):
             out.append(batch)
             if len(out) == count:
                 break

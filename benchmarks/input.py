@@ -87,7 +87,7 @@ def load_full(path: str, image_size: int) -> np.ndarray:
 
 def old_pipeline(source, batch_size: int, *, draft: bool = True) -> Callable[[], Iterator[dict]]:
     """The folder streaming of before: ``min(32, cpu + 4)`` decoding threads, 2 batches ahead."""
-    from asl_jax.data.base import batch_indices, prefetch_map
+    from asl_jax.data.base import BatchRequest, batch_indices, prefetch_map
     from asl_jax.data.folder import load_image
 
     load = load_image if draft else load_full
@@ -100,9 +100,7 @@ def old_pipeline(source, batch_size: int, *, draft: bool = True) -> Callable[[],
         return {"image": np.stack(images), "mask": mask}
 
     def epoch() -> Iterator[dict]:
-        plan = batch_indices(
-            len(paths), batch_size=batch_size, seed=0, shuffle=True, drop_remainder=True
-        )
+        plan = batch_indices(len(paths), BatchRequest.training(batch_size=batch_size, seed=0))
         return prefetch_map(make, plan, 2)
 
     return epoch
@@ -166,6 +164,7 @@ def measure(
     directory: Path, size: int, workers: list[int], batch_size: int, rounds: int
 ) -> dict[str, Rate]:
     """``{candidate: Rate}`` at output side ``size``."""
+    from asl_jax.data import BatchRequest
     from asl_jax.data.folder import FolderSource
 
     candidates: dict[str, Callable[[], Iterator]] = {}
@@ -178,9 +177,8 @@ def measure(
         sources.append(source)
         epochs = iter(range(1 << 30))
         candidates[grain_name(w)] = lambda s=source, e=epochs: s.batches(
-            "train", batch_size=batch_size, seed=0, epoch=next(e), shuffle=True,
-            drop_remainder=True,
-        )  # fmt: skip
+            BatchRequest.training(batch_size=batch_size, seed=0, epoch=next(e))
+        )
     try:
         candidates[TF_DATA] = tf_pipeline(reference.loader("train").paths, size, batch_size)
     except ImportError:

@@ -118,7 +118,7 @@ def run_throughput(
       compiler_options: XLA options of the train step (`FAST_COMPILE` for the smoke test).
       log: progress messages.
     """
-    from asl_jax.data import create_source, steps_per_epoch
+    from asl_jax.data import BatchRequest, create_source, steps_per_epoch
     from asl_jax.data.folder import FolderSource
     from asl_jax.training import shard_batch
 
@@ -133,14 +133,8 @@ def run_throughput(
         # A new epoch per sample; cycles when an epoch has fewer than `count` batches.
         remaining = count
         while remaining:
-            for batch in src.batches(
-                "train",
-                batch_size=batch_size,
-                seed=seed,
-                epoch=next(epochs),
-                shuffle=True,
-                drop_remainder=True,
-            ):
+            request = BatchRequest.training(batch_size=batch_size, seed=seed, epoch=next(epochs))
+            for batch in src.batches(request):
                 yield batch
                 remaining -= 1
                 if not remaining:

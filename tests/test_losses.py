@@ -18,7 +18,13 @@ from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 import asl_jax.losses
-from asl_jax import asymmetric_loss, asymmetric_loss_single_label, partial_labels, reduce_loss
+from asl_jax import (
+    asymmetric_loss,
+    asymmetric_loss_single_label,
+    known_labels_mask,
+    partial_labels,
+    reduce_loss,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Independent reference, evaluated in extended precision (x86 long double, 64-bit mantissa) so that
@@ -502,6 +508,20 @@ def test_partial_labels():
     targets, known = partial_labels(jnp.array([[1.0, 0.0, -1.0]]))
     np.testing.assert_array_equal(targets, [[1.0, 0.0, 0.0]])
     np.testing.assert_array_equal(known, [[True, True, False]])
+
+
+def test_known_labels_mask_is_the_one_convention():
+    raw = np.array([[1.0, 0.0, -1.0, -2.0, 0.5, np.nan]], np.float32)
+    expected = [[True, True, False, False, True, True]]  # negative = unknown; NaN is not
+    on_host = known_labels_mask(raw)
+    assert isinstance(on_host, np.ndarray)  # NumPy in, NumPy out (no device round trip)
+    np.testing.assert_array_equal(on_host, expected)
+    np.testing.assert_array_equal(jax.jit(known_labels_mask)(jnp.asarray(raw)), expected)
+    np.testing.assert_array_equal(known_labels_mask([1, 0, -1]), [True, True, False])
+    np.testing.assert_array_equal(known_labels_mask(np.array([True, False])), [True, True])
+    targets, known = partial_labels(jnp.asarray(raw))
+    np.testing.assert_array_equal(known, expected)
+    assert np.isnan(targets[0, 5])  # corrupt data is not hidden as an unknown label
 
 
 # ------------------------------------------------------------------------------------------------

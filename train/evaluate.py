@@ -154,6 +154,7 @@ def _tune(
     run: Any, source: Any, split: str, tune_on: str, ema: bool, probs: Any, labels: Any
 ) -> dict[str, Any]:
     """Tunes per-class thresholds on ``tune_on``, writes thresholds.json, and scores ``split``."""
+    from asl_jax.losses import known_labels_mask
     from asl_jax.metrics import tune_thresholds
     from asl_jax.training.evaluation import split_metrics
     from asl_jax.training.records import write_json
@@ -161,7 +162,7 @@ def _tune(
     tune_probs, tune_labels = (
         (probs, labels) if tune_on == split else predict_split(run, source, tune_on, ema=ema)
     )
-    known = tune_labels >= 0
+    known = known_labels_mask(tune_labels)
     thresholds = tune_thresholds(
         tune_probs,
         np.where(known, tune_labels, 0),

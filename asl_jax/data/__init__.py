@@ -1,8 +1,9 @@
 """Datasets and augmentation for multi-label training.
 
-``create_source(config.data, seed=...)`` returns a :class:`DataSource` that yields host-local
-batches of uint8 images, float32 multi-hot labels and a bool mask; ``augment_images`` / ``to_float``
-turn the images into float32 on device inside the jitted step.
+``create_source(config.data, seed=...)`` returns a :class:`DataSource` whose
+``batches(BatchRequest(...))`` yields host-local batches of uint8 images, float32 multi-hot labels
+and a bool mask; ``augment_images`` / ``to_float`` turn the images into float32 on device inside
+the jitted step.
 
 Datasets (``data.name``):
 
@@ -17,13 +18,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
-from asl_jax.data.base import ArraySource, DataSource, IndexedSource, steps_per_epoch
+from asl_jax.data.base import (
+    ArraySource,
+    BatchRequest,
+    DataSource,
+    IndexedSource,
+    steps_per_epoch,
+)
 from asl_jax.data.config import DATASETS, DataConfig
 
 __all__ = [
     "DATASETS",
     "ArraySource",
     "AugmentConfig",
+    "BatchRequest",
     "DataConfig",
     "DataSource",
     "IndexedSource",
@@ -41,7 +49,8 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
       data: the ``data`` config block (a :class:`DataConfig`, or a mapping of its fields, which
         is checked as the config is: missing fields take their defaults).
       seed: the run's seed. ``shapes`` generates its images from it and drops missing labels
-        with it; the batch order is seeded separately, by the ``seed`` given to ``batches()``.
+        with it; the batch order is seeded separately, by the ``seed`` of the
+        :class:`BatchRequest` given to ``batches()``.
 
     Returns:
       A :class:`DataSource`.

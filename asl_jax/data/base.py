@@ -5,7 +5,7 @@ its classes and split sizes and yields host-local batches of **uint8 NHWC** imag
 multi-hot labels and a bool mask. Augmentation and the conversion to float happen later, on
 device, inside the jitted train step (:mod:`asl_jax.data.augment`).
 
-Batch semantics (the contract the training loop relies on):
+Batch semantics (the contract the training loop relies on), described by a :class:`BatchRequest`:
 
 * ``batch_size`` is the **global** batch. Each of the ``process_count`` hosts receives its own
   contiguous slice of ``batch_size // process_count`` rows of every global batch, so that
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +31,149 @@ import numpy as np
 SPLITS = ("train", "val")
 
 Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchRequest:
+    """Which batches :meth:`DataSource.batches` yields: one epoch of a split, this host's part.
+
+    The one description of a batch stream that every source, the training loop and evaluation
+    share. It is checked once, when it is made; what depends on the split's size (a
+    ``drop_remainder`` batch larger than the split) is checked by :meth:`num_batches`.
+
+    Attributes:
+      split: ``"train"`` or ``"val"``.
+      batch_size: the **global** batch (an int >= 1, divisible by ``process_count``).
+      seed: with ``epoch``, fixes the order when ``shuffle`` (any int; negative seeds are folded
+        into ``[0, 2**64)``).
+      epoch: the epoch (an int >= 0).
+      start_batch: the first global batch yielded (an int >= 0): the earlier ones are skipped
+        without being produced (resume in the middle of an epoch).
+      shuffle: False keeps the split's order.
+      drop_remainder: True (training) yields only full global batches; False (evaluation) pads
+        the last one to ``batch_size`` with rows whose ``mask`` is False.
+      process_index: this host, an int in ``[0, process_count)``.
+      process_count: the number of hosts (an int >= 1).
+
+    Raises:
+      TypeError: an int field that is not an int.
+      ValueError: a field out of range, naming it and what was expected.
+
+    Example:
+      >>> BatchRequest.training(batch_size=64, seed=0, epoch=2, start_batch=5).shuffle
+      True
+      >>> BatchRequest.evaluation("val", batch_size=128).drop_remainder
+      False
+      >>> BatchRequest("train", batch_size=6, process_count=4)
+      Traceback (most recent call last):
+      ...
+      ValueError: batch_size=6 (the global batch) must be divisible by process_count=4 so that \
+every host gets the same number of rows.
+    """
+
+    split: str
+    _: dataclasses.KW_ONLY
+    batch_size: int
+    seed: int = 0
+    epoch: int = 0
+    start_batch: int = 0
+    shuffle: bool = False
+    drop_remainder: bool = False
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
+        for name, minimum in (
+            ("batch_size", 1),
+            ("epoch", 0),
+            ("start_batch", 0),
+            ("process_count", 1),
+            ("process_index", 0),
+        ):
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), minimum=minimum))
+        if self.process_index >= self.process_count:
+            raise ValueError(
+                f"process_index must be in [0, process_count={self.process_count}), got "
+                f"{self.process_index}."
+            )
+        if self.batch_size % self.process_count:
+            raise ValueError(
+                f"batch_size={self.batch_size} (the global batch) must be divisible by "
+                f"process_count={self.process_count} so that every host gets the same number of "
+                "rows."
+            )
+
+    @classmethod
+    def training(
+        cls,
+        *,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        start_batch: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ) -> BatchRequest:
+        """Training batches: the train split, shuffled by ``(seed, epoch)``, full batches only."""
+        return cls(
+            "train",
+            batch_size=batch_size,
+            seed=seed,
+            epoch=epoch,
+            start_batch=start_batch,
+            shuffle=True,
+            drop_remainder=True,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    @classmethod
+    def evaluation(
+        cls, split: str, *, batch_size: int, process_index: int = 0, process_count: int = 1
+    ) -> BatchRequest:
+        """Evaluation batches: every example of ``split`` once, in order, the last batch padded."""
+        return cls(
+            split,
+            batch_size=batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
+
+    def replace(self, **changes: object) -> BatchRequest:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def local_batch_size(self) -> int:
+        """The rows of each global batch this host gets: ``batch_size // process_count``."""
+        return self.batch_size // self.process_count
+
+    def num_batches(self, num_examples: int) -> int:
+        """Global batches per epoch of a split of ``num_examples`` (from batch 0 on).
+
+        Raises:
+          ValueError: ``drop_remainder`` and ``batch_size`` larger than the split (no batch).
+        """
+        if self.drop_remainder:
+            if self.batch_size > num_examples:
+                raise ValueError(
+                    f"batch_size={self.batch_size} is larger than the {self.split} split "
+                    f"({num_examples} examples) and drop_remainder=True would yield no batch; "
+                    f"use batch_size <= {num_examples}."
+                )
+            return num_examples // self.batch_size
+        return -(-num_examples // self.batch_size)
+
+
+def check_request(request: object) -> BatchRequest:
+    """Returns ``request``; a TypeError unless it is a :class:`BatchRequest`."""
+    if not isinstance(request, BatchRequest):
+        raise TypeError(
+            "batches() takes a BatchRequest (e.g. BatchRequest.training(batch_size=64, seed=0)), "
+            f"got {type(request).__name__}: {request!r}."
+        )
+    return request
 
 
 @runtime_checkable
@@ -52,23 +196,11 @@ class DataSource(Protocol):
         """Number of examples in ``split`` (``"train"`` or ``"val"``)."""
         ...
 
-    def batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[Batch]:
-        """Yields this host's part of each global batch of one epoch.
+    def batches(self, request: BatchRequest) -> Iterator[Batch]:
+        """Yields this host's part of each global batch of one epoch, as ``request`` describes.
 
-        Each batch is ``{"image": uint8 [b, H, W, 3], "labels": float32 [b, K] in {0, 1},
-        "mask": bool [b]}`` with ``b = batch_size // process_count``.
+        Each batch is ``{"image": uint8 [b, H, W, 3], "labels": float32 [b, K] in {0, 1}
+        (-1 = unknown), "mask": bool [b]}`` with ``b = request.local_batch_size``.
         """
         ...
 
@@ -116,43 +248,6 @@ def check_split(split: str) -> str:
     return split
 
 
-def check_batch_args(
-    num_examples: int,
-    *,
-    batch_size: int,
-    epoch: int,
-    start_batch: int,
-    drop_remainder: bool,
-    process_index: int,
-    process_count: int,
-    split: str = "",
-) -> int:
-    """Validates the arguments of ``batches()``; returns the number of global batches per epoch."""
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    _check_int("epoch", epoch, minimum=0)
-    _check_int("start_batch", start_batch, minimum=0)
-    process_count = _check_int("process_count", process_count, minimum=1)
-    process_index = _check_int("process_index", process_index, minimum=0)
-    if process_index >= process_count:
-        raise ValueError(
-            f"process_index must be in [0, process_count={process_count}), got {process_index}."
-        )
-    if batch_size % process_count:
-        raise ValueError(
-            f"batch_size={batch_size} (the global batch) must be divisible by "
-            f"process_count={process_count} so that every host gets the same number of rows."
-        )
-    if drop_remainder:
-        if batch_size > num_examples:
-            raise ValueError(
-                f"batch_size={batch_size} is larger than the {split or 'requested'} split "
-                f"({num_examples} examples) and drop_remainder=True would yield no batch; "
-                f"use batch_size <= {num_examples}."
-            )
-        return num_examples // batch_size
-    return -(-num_examples // batch_size)
-
-
 def epoch_order(num_examples: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """The example order of one epoch: a pure function of ``(seed, epoch)``.
 
@@ -173,63 +268,68 @@ def epoch_order(num_examples: int, *, seed: int, epoch: int, shuffle: bool) -> n
 
 
 def batch_indices(
-    num_examples: int,
-    *,
-    batch_size: int,
-    seed: int,
-    epoch: int = 0,
-    start_batch: int = 0,
-    shuffle: bool,
-    drop_remainder: bool,
-    process_index: int = 0,
-    process_count: int = 1,
-    split: str = "",
+    num_examples: int, request: BatchRequest
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields ``(indices, mask)`` of this host's rows for each global batch of one epoch.
+    """Yields ``(indices, mask)`` of this host's rows for each global batch ``request`` asks for.
 
     The indices of padding rows (``mask`` False) are 0, so gathering them is always valid; callers
-    zero those rows. Validates the arguments eagerly (before the first ``next``).
+    zero those rows (:func:`make_batch`). Checks the request against the split size eagerly
+    (before the first ``next``).
     """
-    num_batches = check_batch_args(
-        num_examples,
-        batch_size=batch_size,
-        epoch=epoch,
-        start_batch=start_batch,
-        drop_remainder=drop_remainder,
-        process_index=process_index,
-        process_count=process_count,
-        split=split,
+    num_batches = request.num_batches(num_examples)
+    order = epoch_order(
+        num_examples, seed=request.seed, epoch=request.epoch, shuffle=request.shuffle
     )
-    order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for b in range(start_batch, num_batches):
-            yield host_slice(
-                order,
-                b,
-                batch_size=batch_size,
-                process_index=process_index,
-                process_count=process_count,
-            )
+        for b in range(request.start_batch, num_batches):
+            yield host_slice(order, b, request)
 
     return generate()
 
 
 def host_slice(
-    order: np.ndarray, batch: int, *, batch_size: int, process_index: int, process_count: int
+    order: np.ndarray, batch: int, request: BatchRequest
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, mask)`` of this host's contiguous slice of global batch ``batch`` of an epoch.
 
     ``order`` is the epoch order (:func:`epoch_order`); positions past its end are padding rows
-    (``mask`` False, index 0).
+    (``mask`` False, index 0). Only the request's batch layout (``batch_size``,
+    ``process_index``, ``process_count``) is used.
     """
     num_examples = len(order)
-    local = batch_size // process_count
-    lo = batch * batch_size + process_index * local
+    local = request.local_batch_size
+    lo = batch * request.batch_size + request.process_index * local
     pos = np.arange(lo, lo + local)
     mask = pos < num_examples
     idx = np.where(mask, order[np.minimum(pos, num_examples - 1)], 0)
     return idx, mask
+
+
+def make_batch(images: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> Batch:
+    """The batch of rows gathered at the indices of a host slice; padding rows zeroed.
+
+    Padding rows (``mask`` False, gathered from index 0 by :func:`host_slice`) get all-zero images
+    and labels, in copies (the given arrays are left as they are).
+
+    Args:
+      images: ``[b, H, W, 3]`` images of the rows.
+      labels: ``[b, K]`` labels of the rows.
+      mask: bool ``[b]``, False for padding rows.
+
+    Returns:
+      ``{"image": uint8, "labels": float32, "mask": mask}``, the arrays C-contiguous.
+    """
+    if not mask.all():
+        images = images.copy()
+        labels = labels.copy()
+        images[~mask] = 0
+        labels[~mask] = 0
+    return {
+        "image": np.ascontiguousarray(images, dtype=np.uint8),
+        "labels": np.ascontiguousarray(labels, dtype=np.float32),
+        "mask": mask,
+    }
 
 
 class IndexedSource:
@@ -254,47 +354,14 @@ class IndexedSource:
         """Returns ``(images uint8 [n, H, W, 3], labels float32 [n, K])`` of the given rows."""
         raise NotImplementedError
 
-    def batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[Batch]:
+    def batches(self, request: BatchRequest) -> Iterator[Batch]:
         """See :class:`DataSource`."""
-        check_split(split)
-        plan = batch_indices(
-            self.num_examples(split),
-            batch_size=batch_size,
-            seed=seed,
-            epoch=epoch,
-            start_batch=start_batch,
-            shuffle=shuffle,
-            drop_remainder=drop_remainder,
-            process_index=process_index,
-            process_count=process_count,
-            split=split,
-        )
+        request = check_request(request)
+        plan = batch_indices(self.num_examples(request.split), request)
 
         def make(item: tuple[np.ndarray, np.ndarray]) -> Batch:
             idx, mask = item
-            images, labels = self.gather(split, idx)
-            if not mask.all():
-                images = images.copy()
-                labels = labels.copy()
-                images[~mask] = 0
-                labels[~mask] = 0
-            return {
-                "image": np.ascontiguousarray(images, dtype=np.uint8),
-                "labels": np.ascontiguousarray(labels, dtype=np.float32),
-                "mask": mask,
-            }
+            return make_batch(*self.gather(request.split, idx), mask)
 
         if self.prefetch > 0:
             return prefetch_map(make, plan, self.prefetch)
@@ -312,8 +379,8 @@ class ArraySource(IndexedSource):
 
     Example:
       >>> src = ArraySource("toy", ("a", "b"), train=(x, y), val=(xv, yv))  # doctest: +SKIP
-      >>> kw = dict(batch_size=8, seed=0, shuffle=True, drop_remainder=True)
-      >>> batch = next(src.batches("train", **kw))  # doctest: +SKIP
+      >>> request = BatchRequest.training(batch_size=8, seed=0)
+      >>> batch = next(src.batches(request))  # doctest: +SKIP
     """
 
     def __init__(

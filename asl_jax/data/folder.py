@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from asl_jax.data.base import Batch, IndexedSource, check_split
+from asl_jax.data.base import Batch, BatchRequest, IndexedSource, check_split
 from asl_jax.data.pipeline import GrainBatches, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -488,37 +488,15 @@ class FolderSource(GrainBatches, IndexedSource):
         paths = [row.path for row in self._rows[check_split(split)]]
         return FolderLoader(paths, self._labels[split], self.image_size)
 
-    def batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[Batch]:
+    def batches(self, request: BatchRequest) -> Iterator[Batch]:
         """See :class:`~asl_jax.data.base.DataSource`: in memory, or streamed through Grain.
 
         Streaming, the iterator of an epoch has ``get_state()`` / ``set_state()``
         (:class:`~asl_jax.data.pipeline.EpochBatches`).
         """
-        kwargs = dict(
-            batch_size=batch_size,
-            seed=seed,
-            epoch=epoch,
-            start_batch=start_batch,
-            shuffle=shuffle,
-            drop_remainder=drop_remainder,
-            process_index=process_index,
-            process_count=process_count,
-        )
         if self.in_memory:
-            return super().batches(split, **kwargs)
-        return self.grain_batches(check_split(split), **kwargs)
+            return super().batches(request)
+        return self.grain_batches(request)
 
 
 def _progress(iterable, *, total: int, desc: str):

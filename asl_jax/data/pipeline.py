@@ -23,14 +23,20 @@ pipeline (no TensorFlow):
 from __future__ import annotations
 
 import collections.abc
-import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from asl_jax.data.base import Batch, check_batch_args, epoch_order, host_slice
+from asl_jax.data.base import (
+    Batch,
+    BatchRequest,
+    check_request,
+    epoch_order,
+    host_slice,
+    make_batch,
+)
 
 #: Grain needs a length; a stream of this many batches never ends in practice.
 _ENDLESS = 1 << 48
@@ -48,17 +54,13 @@ class ImageReadError(RuntimeError):
 Loader = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamKey:
-    """What fixes a stream's content (besides its start): one per split and batch layout."""
+def stream_key(request: BatchRequest) -> BatchRequest:
+    """What fixes a stream's content (besides its start): the request at epoch 0, batch 0.
 
-    split: str
-    batch_size: int
-    seed: int
-    shuffle: bool
-    drop_remainder: bool
-    process_index: int
-    process_count: int
+    One stream per split and batch layout; the epoch and start batch of a request are positions
+    in it.
+    """
+    return request.replace(epoch=0, start_batch=0)
 
 
 class _BatchPlan(collections.abc.Sequence):
@@ -67,7 +69,7 @@ class _BatchPlan(collections.abc.Sequence):
     Picklable and cheap to send to a worker process: it holds no image, only the split size.
     """
 
-    def __init__(self, num_examples: int, key: StreamKey, num_batches: int, origin: int) -> None:
+    def __init__(self, num_examples: int, key: BatchRequest, num_batches: int, origin: int) -> None:
         self._n, self._key, self._num_batches, self._origin = num_examples, key, num_batches, origin
         self._cached: tuple[int, np.ndarray] | None = None  # (epoch, its order)
 
@@ -82,14 +84,7 @@ class _BatchPlan(collections.abc.Sequence):
                 epoch,
                 epoch_order(self._n, seed=key.seed, epoch=epoch, shuffle=key.shuffle),
             )
-        key = self._key
-        return host_slice(
-            self._cached[1],
-            b,
-            batch_size=key.batch_size,
-            process_index=key.process_index,
-            process_count=key.process_count,
-        )
+        return host_slice(self._cached[1], b, self._key)
 
 
 class _MakeBatch:
@@ -100,15 +95,7 @@ class _MakeBatch:
 
     def __call__(self, item: tuple[np.ndarray, np.ndarray]) -> Batch:
         idx, mask = item
-        images, labels = self._load(idx)
-        if not mask.all():  # padding rows of the last evaluation batch
-            images[~mask] = 0
-            labels[~mask] = 0
-        return {
-            "image": np.ascontiguousarray(images, dtype=np.uint8),
-            "labels": np.ascontiguousarray(labels, dtype=np.float32),
-            "mask": mask,
-        }
+        return make_batch(*self._load(idx), mask)
 
 
 def _grain_flags_usable() -> None:
@@ -196,7 +183,7 @@ class EpochBatches(Iterator[Batch]):
     (the training loop resumes from the step of the checkpoint the state was saved with).
     """
 
-    def __init__(self, owner: GrainBatches, key: StreamKey, stream: _Stream, end: int) -> None:
+    def __init__(self, owner: GrainBatches, key: BatchRequest, stream: _Stream, end: int) -> None:
         self._owner, self._key, self._stream, self._end = owner, key, stream, end
 
     def __next__(self) -> Batch:
@@ -243,37 +230,16 @@ class GrainBatches:
     def num_examples(self, split: str) -> int:
         raise NotImplementedError
 
-    def grain_batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int,
-        start_batch: int,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int,
-        process_count: int,
-    ) -> EpochBatches:
+    def grain_batches(self, request: BatchRequest) -> EpochBatches:
         """The batches of one epoch; continues the split's stream when it is at that position."""
-        num_batches = check_batch_args(
-            self.num_examples(split),
-            batch_size=batch_size,
-            epoch=epoch,
-            start_batch=start_batch,
-            drop_remainder=drop_remainder,
-            process_index=process_index,
-            process_count=process_count,
-            split=split,
-        )
-        key = StreamKey(
-            split, batch_size, seed, shuffle, drop_remainder, process_index, process_count
-        )
+        request = check_request(request)
+        num_batches = request.num_batches(self.num_examples(request.split))
+        key = stream_key(request)
         streams = self.__dict__.setdefault("_streams", {})
         stream = streams.get(key)
-        if shuffle:
-            start = epoch * num_batches + start_batch
+        start_batch = request.start_batch
+        if request.shuffle:
+            start = request.epoch * num_batches + start_batch
             reusable = stream is not None and stream.next == start
         else:  # every epoch is the same: any stream at the same batch of an epoch continues
             reusable = stream is not None and stream.next % num_batches == start_batch
@@ -283,20 +249,12 @@ class GrainBatches:
         end = start - start_batch + num_batches
         return EpochBatches(self, key, stream, end)
 
-    def _restart(self, key: StreamKey, origin: int) -> _Stream:
+    def _restart(self, key: BatchRequest, origin: int) -> _Stream:
         streams = self.__dict__.setdefault("_streams", {})
         if key in streams:
             streams[key].close()
-        num_batches = check_batch_args(
-            self.num_examples(key.split),
-            batch_size=key.batch_size,
-            epoch=0,
-            start_batch=0,
-            drop_remainder=key.drop_remainder,
-            process_index=key.process_index,
-            process_count=key.process_count,
-        )
-        plan = _BatchPlan(self.num_examples(key.split), key, num_batches, origin)
+        num_examples = self.num_examples(key.split)
+        plan = _BatchPlan(num_examples, key, key.num_batches(num_examples), origin)
         streams[key] = _Stream(
             plan, self.loader(key.split), origin=origin, num_workers=self.num_workers
         )

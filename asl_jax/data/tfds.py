@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from asl_jax.data.base import Batch, check_batch_args, check_split
+from asl_jax.data.base import Batch, BatchRequest, check_request, check_split
 from asl_jax.data.folder import load_image
 from asl_jax.data.pipeline import GrainBatches, ImageReadError
 
@@ -337,37 +337,15 @@ class TFDSSource(GrainBatches):
         """Number of examples of ``split`` (the whole split, all hosts)."""
         return self._num_examples[check_split(split)]
 
-    def batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int = 0,
-        start_batch: int = 0,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int = 0,
-        process_count: int = 1,
-    ) -> Iterator[Batch]:
+    def batches(self, request: BatchRequest) -> Iterator[Batch]:
         """See :class:`~asl_jax.data.base.DataSource` and the module docstring.
 
         ArrayRecord: the iterator of an epoch has ``get_state()`` / ``set_state()``
         (:class:`~asl_jax.data.pipeline.EpochBatches`). TFRecord: this host's shard, by tf.data.
         """
-        kwargs = dict(
-            batch_size=batch_size,
-            seed=seed,
-            epoch=epoch,
-            start_batch=start_batch,
-            shuffle=shuffle,
-            drop_remainder=drop_remainder,
-            process_index=process_index,
-            process_count=process_count,
-        )
         if self.random_access:
-            return self.grain_batches(check_split(split), **kwargs)
-        return self._tf_batches(split, **kwargs)
+            return self.grain_batches(request)
+        return self._tf_batches(request)
 
     def loader(self, split: str) -> RecordLoader:
         """The decoder of ``split``'s rows by index (what the Grain pipeline runs)."""
@@ -379,69 +357,29 @@ class TFDSSource(GrainBatches):
             image_size=self.image_size,
         )
 
-    def _tf_batches(
-        self,
-        split: str,
-        *,
-        batch_size: int,
-        seed: int,
-        epoch: int,
-        start_batch: int,
-        shuffle: bool,
-        drop_remainder: bool,
-        process_index: int,
-        process_count: int,
-    ) -> Iterator[Batch]:
-        check_split(split)
-        n = self.num_examples(split)
-        num_batches = check_batch_args(
-            n,
-            batch_size=batch_size,
-            epoch=epoch,
-            start_batch=start_batch,
-            drop_remainder=drop_remainder,
-            process_index=process_index,
-            process_count=process_count,
-            split=split,
-        )
-        local = batch_size // process_count
-        shard = shard_size(n, process_index, process_count)
+    def _tf_batches(self, request: BatchRequest) -> Iterator[Batch]:
+        request = check_request(request)
+        n = self.num_examples(request.split)
+        num_batches = request.num_batches(n)
+        local = request.local_batch_size
+        shard = shard_size(n, request.process_index, request.process_count)
         # Every host yields num_batches batches: with drop_remainder that many full batches fit
         # in the smallest shard; otherwise the missing rows are padding (mask False).
-        take = num_batches * local if drop_remainder else shard
-        ds = self._pipeline(
-            split,
-            seed=seed,
-            epoch=epoch,
-            shuffle=shuffle,
-            process_index=process_index,
-            process_count=process_count,
-            take=take,
-            skip=start_batch * local,
-            local=local,
-        )
-        return self._iterate(ds, local=local, count=max(num_batches - start_batch, 0))
+        take = num_batches * local if request.drop_remainder else shard
+        ds = self._pipeline(request, take=take, skip=request.start_batch * local, local=local)
+        return self._iterate(ds, local=local, count=max(num_batches - request.start_batch, 0))
 
-    def _pipeline(
-        self,
-        split: str,
-        *,
-        seed: int,
-        epoch: int,
-        shuffle: bool,
-        process_index: int,
-        process_count: int,
-        take: int,
-        skip: int,
-        local: int,
-    ):
+    def _pipeline(self, request: BatchRequest, *, take: int, skip: int, local: int):
         tf = _tf()
-        spec = self._host_spec(split, process_index, process_count)
+        spec = self._host_spec(request.split, request.process_index, request.process_count)
         if spec is None:  # fewer examples than hosts: this host only pads
             return None
         # One seed per (seed, epoch, host): the order is reproducible and differs per epoch.
-        stream = np.random.default_rng([int(seed) % (1 << 64), int(epoch), int(process_index)])
+        stream = np.random.default_rng(
+            [int(request.seed) % (1 << 64), int(request.epoch), int(request.process_index)]
+        )
         file_seed, buffer_seed = (int(s) for s in stream.integers(0, 2**31 - 1, size=2))
+        shuffle = request.shuffle
         ds = self._dataset(spec, shuffle_files=shuffle, seed=file_seed if shuffle else None)
         num_classes, key, size = self.num_classes, self._label_key, self.image_size
 

@@ -12,7 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.data import DataSource
+from asl_jax.data import BatchRequest, DataSource
+from asl_jax.losses import known_labels_mask
 from asl_jax.metrics import average_precision, threshold_metrics
 from asl_jax.training import parallel
 
@@ -48,13 +49,12 @@ def predict(
     """
     outputs: dict[str, list[np.ndarray]] = {"probs": [], "probs_ema": [], "labels": []}
     for batch in source.batches(
-        split,
-        batch_size=batch_size,
-        seed=0,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        BatchRequest.evaluation(
+            split,
+            batch_size=batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     ):
         out = eval_fn(state, parallel.shard_batch(batch, mesh))
         keep = _to_host(out["mask"])
@@ -73,7 +73,7 @@ def per_class_ap(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Returns:
       float64 [K].
     """
-    known = labels >= 0
+    known = known_labels_mask(labels)
     return average_precision(probs, np.where(known, labels, 0), where=known)
 
 
@@ -83,7 +83,7 @@ def split_metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float) ->
     ``map`` is NaN when no class has a known positive. An unknown label (``labels < 0``) is
     neither a prediction nor a label of any metric.
     """
-    known = labels >= 0
+    known = known_labels_mask(labels)
     targets = np.where(known, labels, 0)
     ap = average_precision(probs, targets, where=known)
     scored = ap[~np.isnan(ap)]

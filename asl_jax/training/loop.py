@@ -32,7 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.data import DataSource
+from asl_jax.data import BatchRequest, DataSource
+from asl_jax.losses import known_labels_mask
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS
 from asl_jax.training.config import Config, eval_interval
@@ -149,15 +150,14 @@ class _Loop:
         config = self.run.config
         epoch, start = divmod(self.step, self.run.epoch_steps)
         batches = self.run.source.batches(
-            "train",
-            batch_size=config.batch_size,
-            seed=config.seed,
-            epoch=epoch,
-            start_batch=start,
-            shuffle=True,
-            drop_remainder=True,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
+            BatchRequest.training(
+                batch_size=config.batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                start_batch=start,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
         )
         if self.data_state is not None and hasattr(batches, "set_state"):
             batches.set_state(self.data_state)
@@ -417,5 +417,5 @@ def _unknown_labels(source: DataSource) -> dict[str, int] | None:
         labels = split_labels(source, split)
         if labels is None:
             return None
-        counts[split] = int(np.count_nonzero(labels < 0))
+        counts[split] = int(np.count_nonzero(~known_labels_mask(labels)))
     return counts

@@ -17,7 +17,7 @@ import optax
 
 from asl_jax.adaptive import probability_stats, update_gamma_neg
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
-from asl_jax.losses import asymmetric_loss, reduce_loss
+from asl_jax.losses import asymmetric_loss, known_labels_mask, reduce_loss
 from asl_jax.training.loss_registry import INVERSE_FREQUENCY, LossConfig, parse_class_weights
 from asl_jax.training.state import TrainState
 
@@ -126,7 +126,7 @@ def known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     counted, which is what corrupt data should do.
     """
     raw_labels = jnp.asarray(batch["labels"], jnp.float32)
-    known = ~(raw_labels < 0)
+    known = known_labels_mask(raw_labels)
     where = known
     if "mask" in batch:
         where = where & jnp.asarray(batch["mask"], bool)[:, None]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asl_jax.data.base import ArraySource, DataSource, epoch_order, steps_per_epoch
+from asl_jax.data.base import ArraySource, BatchRequest, DataSource, epoch_order, steps_per_epoch
 
 
 def _source(n_train: int = 50, n_val: int = 23, k: int = 4) -> ArraySource:
@@ -29,7 +29,7 @@ def _ids(batch) -> np.ndarray:
 def _epoch(src, split="train", **kw):
     defaults = dict(batch_size=8, seed=3, shuffle=True, drop_remainder=True)
     defaults.update(kw)
-    return list(src.batches(split, **defaults))
+    return list(src.batches(BatchRequest(split, **defaults)))
 
 
 def test_protocol_and_steps_per_epoch():
@@ -139,27 +139,17 @@ def test_eval_padding_and_mask():
 def test_bad_arguments():
     src = _source()
     with pytest.raises(ValueError, match="divisible by process_count=3"):
-        src.batches(
-            "train", batch_size=8, seed=0, shuffle=True, drop_remainder=True, process_count=3
-        )
+        src.batches(BatchRequest.training(batch_size=8, seed=0, process_count=3))
     with pytest.raises(ValueError, match="larger than the train split"):
-        src.batches("train", batch_size=64, seed=0, shuffle=True, drop_remainder=True)
+        src.batches(BatchRequest.training(batch_size=64, seed=0))
     with pytest.raises(ValueError, match="split must be one of"):
-        src.batches("test", batch_size=8, seed=0, shuffle=True, drop_remainder=True)
+        src.batches(BatchRequest("test", batch_size=8, seed=0, shuffle=True, drop_remainder=True))
     with pytest.raises(ValueError, match="process_index"):
-        src.batches(
-            "train",
-            batch_size=8,
-            seed=0,
-            shuffle=True,
-            drop_remainder=True,
-            process_index=2,
-            process_count=2,
-        )
+        src.batches(BatchRequest.training(batch_size=8, seed=0, process_index=2, process_count=2))
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        src.batches("train", batch_size=0, seed=0, shuffle=True, drop_remainder=True)
+        src.batches(BatchRequest.training(batch_size=0, seed=0))
     with pytest.raises(TypeError, match="batch_size must be an int"):
-        src.batches("train", batch_size=8.0, seed=0, shuffle=True, drop_remainder=True)
+        src.batches(BatchRequest.training(batch_size=8.0, seed=0))
 
 
 def test_array_source_validates_arrays():
@@ -178,6 +168,46 @@ def test_prefetch_gives_same_batches():
     fetched = _epoch(src, epoch=2)
     for a, b in zip(plain, fetched, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
-    it = src.batches("train", batch_size=8, seed=0, shuffle=True, drop_remainder=True)
+    it = src.batches(BatchRequest.training(batch_size=8, seed=0))
     next(it)
     it.close()  # stops the worker without consuming the epoch
+
+
+def test_batch_request_constructors_and_checks():
+    training = BatchRequest.training(batch_size=8, seed=3, epoch=2, start_batch=1)
+    assert training == BatchRequest(
+        "train", batch_size=8, seed=3, epoch=2, start_batch=1, shuffle=True, drop_remainder=True
+    )
+    evaluation = BatchRequest.evaluation("val", batch_size=10, process_index=1, process_count=2)
+    assert evaluation == BatchRequest(
+        "val",
+        batch_size=10,
+        seed=0,
+        shuffle=False,
+        drop_remainder=False,
+        process_index=1,
+        process_count=2,
+    )
+    assert evaluation.local_batch_size == 5
+    assert evaluation.num_batches(23) == 3 and training.num_batches(50) == 6
+    # NumPy ints are stored as ints: equal requests hash alike (the Grain pipeline's stream key).
+    same = BatchRequest.training(batch_size=np.int64(8), seed=3, epoch=2, start_batch=1)
+    assert same == training and hash(same) == hash(training)
+    assert type(same.batch_size) is int
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        training.replace(epoch=-1)  # a copy is checked again
+    with pytest.raises(ValueError, match="process_count must be >= 1"):
+        BatchRequest("val", batch_size=8, process_count=0)
+    with pytest.raises(TypeError, match="takes a BatchRequest"):
+        _source().batches("train")
+
+
+def test_padding_rows_are_zeroed_in_copies():
+    from asl_jax.data.base import make_batch
+
+    images = np.full((3, 2, 2, 3), 7, np.uint8)
+    labels = np.full((3, 2), -1.0, np.float32)
+    batch = make_batch(images, labels, np.array([True, False, True]))
+    assert batch["image"][1].sum() == 0 and not batch["labels"][1].any()
+    assert batch["image"][[0, 2]].min() == 7 and (batch["labels"][[0, 2]] == -1).all()
+    assert images.min() == 7 and (labels == -1).all()  # the gathered arrays are unchanged

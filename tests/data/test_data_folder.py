@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import asl_jax.data as data
+from asl_jax.data import BatchRequest
 from asl_jax.data.folder import FolderDataError, FolderSource, load_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -69,7 +70,9 @@ def test_happy_path(tmp_path):
     np.testing.assert_array_equal(y[0], [0, 0, 0, 0, 1, 1])
     np.testing.assert_array_equal(y[3], 0)
     np.testing.assert_array_equal(y[4], [1, 1, 0, 0, 0, 0])
-    batches = list(src.batches("val", batch_size=4, seed=0, shuffle=False, drop_remainder=False))
+    batches = list(
+        src.batches(BatchRequest("val", batch_size=4, seed=0, shuffle=False, drop_remainder=False))
+    )
     assert len(batches) == 1 and batches[0]["mask"].tolist() == [True, True, False, False]
     assert batches[0]["image"].shape == (4, 8, 8, 3)
     assert np.all(batches[0]["image"][0] == 200)
@@ -81,14 +84,22 @@ def test_streaming_equals_in_memory(tmp_path):
     stream = FolderSource(path, image_size=8, memory_limit_bytes=0, num_workers=2)
     assert not stream.in_memory
     kw = dict(batch_size=2, seed=4, epoch=1, shuffle=True, drop_remainder=True)
-    for a, b in zip(mem.batches("train", **kw), stream.batches("train", **kw), strict=True):
+    for a, b in zip(
+        mem.batches(BatchRequest("train", **kw)),
+        stream.batches(BatchRequest("train", **kw)),
+        strict=True,
+    ):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_create_source_folder(tmp_path):
     config = ml_collections.ConfigDict(
-        {**data.DataConfig().to_dict(), "name": "folder", "path": _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL)}
+        {
+            **data.DataConfig().to_dict(),
+            "name": "folder",
+            "path": _dataset(tmp_path, GOOD_TRAIN, GOOD_VAL),
+        }
     )
     src = data.create_source(config, seed=0)
     assert src.name == "folder" and src.image_size == 32 and src.num_classes == 6
@@ -186,7 +197,9 @@ def test_skip_bad_rows(tmp_path, caplog):
     assert len(src.problems) == 9
     assert src.num_examples("train") == 5 and src.num_examples("val") == 2
     assert "skipped 9 bad rows (train 7, val 2)" in caplog.text
-    batch = next(src.batches("train", batch_size=5, seed=0, shuffle=True, drop_remainder=True))
+    batch = next(
+        src.batches(BatchRequest("train", batch_size=5, seed=0, shuffle=True, drop_remainder=True))
+    )
     assert batch["mask"].all()
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from asl_jax.data import BatchRequest
 from asl_jax.data.folder import FolderSource, load_image
 from asl_jax.data.pipeline import ImageReadError
 
@@ -45,7 +46,9 @@ def _equal(a, b):
 
 
 def _two_epochs(source):
-    return [b for epoch in range(2) for b in source.batches("train", epoch=epoch, **KW)]
+    return [
+        b for epoch in range(2) for b in source.batches(BatchRequest("train", epoch=epoch, **KW))
+    ]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -57,9 +60,9 @@ def test_stream_equals_in_memory_over_epochs(folder, num_workers):
         _equal(_two_epochs(stream), _two_epochs(memory))
         # Evaluation reads the same unshuffled batches (the last one padded) every time.
         val = dict(batch_size=4, seed=0, shuffle=False, drop_remainder=False)
-        expected = list(memory.batches("val", **val))
+        expected = list(memory.batches(BatchRequest("val", **val)))
         for _ in range(2):
-            _equal(list(stream.batches("val", **val)), expected)
+            _equal(list(stream.batches(BatchRequest("val", **val))), expected)
     finally:
         stream.close()
 
@@ -70,8 +73,8 @@ def test_resume_from_the_saved_state_gives_the_same_batches(folder, resume_worke
     the same or another number of workers): the batches of an uninterrupted run follow."""
     uninterrupted = _two_epochs(FolderSource(str(folder), image_size=8))
     first = FolderSource(str(folder), image_size=8, memory_limit_bytes=0, num_workers=2)
-    seen = list(first.batches("train", epoch=0, **KW))
-    epoch1 = first.batches("train", epoch=1, **KW)
+    seen = list(first.batches(BatchRequest("train", epoch=0, **KW)))
+    epoch1 = first.batches(BatchRequest("train", epoch=1, **KW))
     seen += [next(epoch1), next(epoch1)]
     state = json.loads(json.dumps(epoch1.get_state()))  # as stored with a checkpoint
     first.close()
@@ -80,7 +83,7 @@ def test_resume_from_the_saved_state_gives_the_same_batches(folder, resume_worke
         str(folder), image_size=8, memory_limit_bytes=0, num_workers=resume_workers
     )
     try:
-        resumed = second.batches("train", epoch=1, start_batch=2, **KW)
+        resumed = second.batches(BatchRequest("train", epoch=1, start_batch=2, **KW))
         resumed.set_state(state)
         _equal(seen + list(resumed), uninterrupted)
     finally:
@@ -89,9 +92,9 @@ def test_resume_from_the_saved_state_gives_the_same_batches(folder, resume_worke
 
 def test_a_state_of_another_position_is_refused(folder):
     source = FolderSource(str(folder), image_size=8, memory_limit_bytes=0)
-    state = source.batches("train", epoch=0, **KW).get_state()  # batch 0 of the run
+    state = source.batches(BatchRequest("train", epoch=0, **KW)).get_state()  # batch 0 of the run
     with pytest.raises(ValueError, match=r"state is at batch 0 of the run, but training resumes"):
-        source.batches("train", epoch=1, start_batch=1, **KW).set_state(state)
+        source.batches(BatchRequest("train", epoch=1, start_batch=1, **KW)).set_state(state)
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
@@ -111,7 +114,7 @@ def test_a_corrupt_image_names_the_file_and_does_not_hang(tmp_path, folder, num_
 
     def consume():
         try:
-            list(source.batches("train", epoch=0, **KW))
+            list(source.batches(BatchRequest("train", epoch=0, **KW)))
         except Exception as e:  # what the training process sees
             outcome["error"] = e
 
@@ -150,16 +153,17 @@ import numpy as np
 KEPT = []
 
 def main(path):
-    from asl_jax.data import create_source
+    from asl_jax.data import BatchRequest, create_source
     import asl_jax.training.loop  # noqa: F401  (the training engine)
     import train.configs.default  # noqa: F401
     from asl_jax.data.folder import FolderSource
 
     shapes = create_source({"num_train": 8, "num_val": 4, "image_size": 8, "cache_dir": path},
                            seed=0)
-    next(shapes.batches("train", batch_size=4, seed=0, shuffle=True, drop_remainder=True))
+    request = BatchRequest("train", batch_size=4, seed=0, shuffle=True, drop_remainder=True)
+    next(shapes.batches(request))
     folder = FolderSource(sys.argv[2], image_size=8, memory_limit_bytes=0, num_workers=1)
-    batch = next(folder.batches("train", batch_size=4, seed=0, shuffle=True, drop_remainder=True))
+    batch = next(folder.batches(request))
     folder.close()
     # Still referenced at exit: a batch in shared memory would leak it (a resource_tracker
     # warning at shutdown).

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from asl_jax.data import shapes
+from asl_jax.data import BatchRequest, shapes
 
 
 def test_class_list():
@@ -123,7 +123,9 @@ def test_drop_positive_fraction(tmp_path):
 def test_source_batches(tmp_path):
     src = shapes.ShapesSource(num_train=24, num_val=10, image_size=16, cache_dir=str(tmp_path))
     assert src.name == "shapes" and src.num_classes == 30 and src.image_size == 16
-    b = next(src.batches("train", batch_size=8, seed=0, shuffle=True, drop_remainder=True))
+    b = next(
+        src.batches(BatchRequest("train", batch_size=8, seed=0, shuffle=True, drop_remainder=True))
+    )
     assert b["image"].shape == (8, 16, 16, 3) and b["labels"].shape == (8, 30)
     assert set(np.unique(b["labels"])) <= {0.0, 1.0}
 

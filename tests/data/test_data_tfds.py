@@ -22,7 +22,7 @@ tfds = pytest.importorskip(
 
 import asl_jax.data as data  # noqa: E402
 from asl_jax.data import tfds as tfds_source  # noqa: E402
-from asl_jax.data.base import batch_indices  # noqa: E402
+from asl_jax.data.base import BatchRequest, batch_indices  # noqa: E402
 from asl_jax.data.pipeline import ImageReadError  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def _config(name, **overrides):
 def _epoch(src, split="train", **kw):
     args = dict(batch_size=4, seed=0, shuffle=True, drop_remainder=True)
     args.update(kw)
-    return list(src.batches(split, **args))
+    return list(src.batches(BatchRequest(split, **args)))
 
 
 @pytest.mark.parametrize(("name", "num_classes"), [("voc2007", 20), ("coco2017", 80)])
@@ -296,7 +296,10 @@ def _ar_ids(src, split="train", **kw):
 def test_array_record_order_is_batch_indices(tiny_ar):
     (row_ids,) = _ar_ids(tiny_ar, batch_size=12, **ALL)  # the split in its stored order
     kw = dict(batch_size=4, seed=5, epoch=1, shuffle=True, drop_remainder=True)
-    expected = [np.asarray(row_ids)[idx].tolist() for idx, _ in batch_indices(12, **kw)]
+    expected = [
+        np.asarray(row_ids)[idx].tolist()
+        for idx, _ in batch_indices(12, BatchRequest("train", **kw))
+    ]
     assert _ar_ids(tiny_ar, **kw) == expected
     assert _ar_ids(tiny_ar, **kw, start_batch=2) == expected[2:]
     assert _ar_ids(tiny_ar, **{**kw, "epoch": 2}) != expected
@@ -326,16 +329,16 @@ def test_array_record_resumes_from_the_saved_state(prepared):
     kw = dict(batch_size=4, seed=2, shuffle=True, drop_remainder=True)
     data_dir = str(prepared["array_record"])
     first = tfds_source.TFDSSource("voc2007", image_size=8, data_dir=data_dir)
-    uninterrupted = [b for e in (0, 1) for b in first.batches("train", epoch=e, **kw)]
-    seen = list(first.batches("train", epoch=0, **kw))
-    epoch1 = first.batches("train", epoch=1, **kw)
+    uninterrupted = [b for e in (0, 1) for b in first.batches(BatchRequest("train", epoch=e, **kw))]
+    seen = list(first.batches(BatchRequest("train", epoch=0, **kw)))
+    epoch1 = first.batches(BatchRequest("train", epoch=1, **kw))
     seen += [next(epoch1), next(epoch1)]
     state = json.loads(json.dumps(epoch1.get_state()))  # as stored with a checkpoint
     first.close()
     assert state["next"] == 5 and state["grain"]
     second = tfds_source.TFDSSource("voc2007", image_size=8, data_dir=data_dir)
     try:
-        resumed = second.batches("train", epoch=1, start_batch=2, **kw)
+        resumed = second.batches(BatchRequest("train", epoch=1, start_batch=2, **kw))
         resumed.set_state(state)
         _equal(seen + list(resumed), uninterrupted)
     finally:
@@ -349,8 +352,13 @@ def test_array_record_one_worker_process_equals_none(prepared):
     worker = data.create_source(ml_collections.ConfigDict({**config, "num_workers": 1}), seed=0)
     try:
         assert worker.num_workers == 1
-        expected = [b for e in (0, 1) for b in in_process.batches("train", epoch=e, **kw)]
-        _equal([b for e in (0, 1) for b in worker.batches("train", epoch=e, **kw)], expected)
+        expected = [
+            b for e in (0, 1) for b in in_process.batches(BatchRequest("train", epoch=e, **kw))
+        ]
+        _equal(
+            [b for e in (0, 1) for b in worker.batches(BatchRequest("train", epoch=e, **kw))],
+            expected,
+        )
     finally:
         worker.close()
 
@@ -383,7 +391,7 @@ for name in ("voc2007", "coco2017"):
     src = data.create_source(ml_collections.ConfigDict(config), seed=0)
     assert src.random_access, src.file_format
     kw = dict(batch_size=4, seed=0, shuffle=True, drop_remainder=True)
-    batch = next(iter(src.batches("train", **kw)))
+    batch = next(iter(src.batches(data.BatchRequest("train", **kw))))
     assert batch["image"].shape == (4, 8, 8, 3) and batch["labels"].sum() > 0
 loaded = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))
 assert not loaded, loaded[:5]

@@ -427,9 +427,7 @@ def test_workdirs_from_before_pretrained_weights_read_as_from_scratch(
     new.model.name, new.model.normalization = model, normalization
     assert changed_result_fields(old, new.to_dict()) == []
     new.model.pretrained = "w.safetensors"
-    assert changed_result_fields(old, new.to_dict()) == [
-        "model.pretrained: '' -> 'w.safetensors'"
-    ]
+    assert changed_result_fields(old, new.to_dict()) == ["model.pretrained: '' -> 'w.safetensors'"]
 
 
 @pytest.mark.slow

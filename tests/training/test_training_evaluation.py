@@ -57,3 +57,15 @@ def test_unknown_labels_are_not_predictions_even_at_threshold_zero():
     result = split_metrics(probs, partial, threshold=0.0)
     expected = threshold_metrics(probs[:, :4], labels[:, :4], threshold=0.0)
     assert result["op"] == pytest.approx(expected["op"])
+
+
+def test_any_negative_label_is_unknown_and_a_nan_label_is_an_error():
+    probs, labels = _data(4)
+    minus_one, minus_two = labels.copy(), labels.copy()
+    minus_one[:, 4] = -1
+    minus_two[:, 4] = -2
+    assert split_metrics(probs, minus_two, threshold=0.5) == split_metrics(probs, minus_one, threshold=0.5)
+    corrupt = labels.copy()
+    corrupt[3, 1] = np.nan
+    with pytest.raises(ValueError, match="labels must be binary"):
+        split_metrics(probs, corrupt, threshold=0.5)

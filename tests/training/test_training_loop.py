@@ -14,13 +14,13 @@ import jax
 import numpy as np
 import pytest
 
+from asl_jax.config_fields import Effect
 from asl_jax.data import create_source
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.config_fields import Effect
 from asl_jax.training.config import Config, program_key
 from asl_jax.training.loop import TIMING_KEYS, NonFiniteError, itstime, train_and_evaluate
-from asl_jax.training.workdir import WorkdirConfigError
 from asl_jax.training.state import checkpoint_items
+from asl_jax.training.workdir import WorkdirConfigError
 from train.configs.default import get_config
 
 OVERRIDES = {
@@ -176,11 +176,11 @@ class _CorruptAfter:
     def num_examples(self, split):
         return self._source.num_examples(split)
 
-    def batches(self, split, **kwargs):
-        epoch_steps = self.num_examples("train") // kwargs["batch_size"]
-        step = kwargs.get("epoch", 0) * epoch_steps + kwargs.get("start_batch", 0)
-        for batch in self._source.batches(split, **kwargs):
-            if split == "train" and step >= self._first_bad:
+    def batches(self, request):
+        epoch_steps = self.num_examples("train") // request.batch_size
+        step = request.epoch * epoch_steps + request.start_batch
+        for batch in self._source.batches(request):
+            if request.split == "train" and step >= self._first_bad:
                 batch = dict(batch, labels=np.full_like(batch["labels"], np.nan))
             step += 1
             yield batch

@@ -11,10 +11,10 @@ from asl_jax.training.loss_registry import (
     COMMON_FIELDS,
     LOSS_NAMES,
     LOSSES,
+    LossConfig,
     loss_spec,
     resolve_class_weights,
 )
-from asl_jax.training.loss_registry import LossConfig
 from asl_jax.training.step import elementwise_loss
 
 LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig) if f.name not in COMMON_FIELDS]
@@ -92,8 +92,7 @@ def test_inverse_frequency_is_resolved_and_recorded_when_a_run_starts(tmp_path):
     import json
 
     from asl_jax.data.base import ArraySource
-    from asl_jax.training.config import ConfigError
-    from asl_jax.training.config import Config
+    from asl_jax.training.config import Config, ConfigError
     from asl_jax.training.setup import _resolve_class_weights
 
     images = np.zeros((4, 8, 8, 3), np.uint8)

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 
-from asl_jax.data import create_source
+from asl_jax.data import BatchRequest, create_source
 from asl_jax.training import parallel
 from asl_jax.training.config import validate_config
-from asl_jax.training.programs import build_programs
 from asl_jax.training.optim import create_optimizer, create_schedule, kernel_mask
+from asl_jax.training.programs import build_programs
 from train.configs.default import get_config
 
 NUM_STEPS = 8
@@ -44,7 +44,9 @@ def problem(tmp_path_factory):
     for epoch in range(2):
         batches += list(
             source.batches(
-                "train", batch_size=16, seed=0, epoch=epoch, shuffle=True, drop_remainder=True
+                BatchRequest(
+                    "train", batch_size=16, seed=0, epoch=epoch, shuffle=True, drop_remainder=True
+                )
             )
         )
     return config, source, batches[:NUM_STEPS]
@@ -143,13 +145,15 @@ def test_gamma_neg_moves_delta_p_towards_the_target():
         epoch, start = divmod(step, n // 64)
         batch = next(
             source.batches(
-                "train",
-                batch_size=64,
-                seed=0,
-                epoch=epoch,
-                start_batch=start,
-                shuffle=True,
-                drop_remainder=True,
+                BatchRequest(
+                    "train",
+                    batch_size=64,
+                    seed=0,
+                    epoch=epoch,
+                    start_batch=start,
+                    shuffle=True,
+                    drop_remainder=True,
+                )
             )
         )
         state, metrics = programs.train(state, parallel.shard_batch(batch, mesh))
@@ -192,7 +196,11 @@ def test_nonfinite_batch_leaves_the_state_unchanged_and_is_counted(runs, problem
 def test_eval_step_probabilities_and_mask(runs, problem):
     programs, mesh, state, _ = runs[1]
     source = problem[1]
-    batch = next(source.batches("val", batch_size=48, seed=0, shuffle=False, drop_remainder=False))
+    batch = next(
+        source.batches(
+            BatchRequest("val", batch_size=48, seed=0, shuffle=False, drop_remainder=False)
+        )
+    )
     out = jax.device_get(programs.eval(state, parallel.shard_batch(batch, mesh)))
     assert out["probs"].shape == out["probs_ema"].shape == batch["labels"].shape
     assert out["probs"].dtype == np.float32
