@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.training.parallel import FAST_COMPILE
+from asl_jax.compile_options import FAST_COMPILE
 from benchmarks import _machine, _timing
 from benchmarks._train_common import _flops, _ms, _rate
 from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asl_jax.compile_options import FAST_COMPILE
 from asl_jax.models import MODELS, TorchLayout, create_model, pretrained_model_names
 from asl_jax.models.normalization import NORMALIZATIONS
 from asl_jax.models.torch_layout import NUM_BATCHES_TRACKED
@@ -148,8 +149,6 @@ def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) ->
     def init_head(key: jax.Array) -> list[jax.Array]:
         variables = jax.tree.leaves(model.init(key, images, train=False))
         return [variables[i] for i in wanted]
-
-    from asl_jax.training.parallel import FAST_COMPILE
 
     # Run once: on CPU, skip XLA's expensive optimisations.
     options = FAST_COMPILE if jax.default_backend() == "cpu" else None

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from asl_jax.compile_options import FAST_COMPILE
 from asl_jax.models import create_model
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.training.parallel import FAST_COMPILE
 from asl_jax.training.state import TrainState, checkpoint_items, create_train_state
 
 STATIC_FIELDS = {"apply_fn", "tx"}
