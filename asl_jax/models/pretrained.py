@@ -133,8 +133,8 @@ def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) ->
     Only the head is computed: each variable is marked with its index and mapped through the
     layout to find the variables the head's entries come from, and the jitted initialiser
     returns just those, so XLA drops the other initialisers (a ViT-B's or TResNet's full
-    initialisation takes about 20 s to compile and run on a 2-core CPU). Flax derives each
-    variable's random stream from its path, so the values equal a full initialisation's.
+    initialisation is slow to compile and run on a CPU). Flax derives each variable's random
+    stream from its path, so the values equal a full initialisation's.
     """
     layout = _layout(name)
     model, leaves, treedef = _model_shapes(name, num_classes, image_size)
@@ -324,7 +324,7 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
 
 def _without_triton() -> None:
     """Keeps torch from loading triton, its GPU kernel compiler: torch only reads weights here,
-    and triton's native library crashed a process that had loaded TensorFlow (the TFDS data)."""
+    and triton's native library can crash a process that has loaded TensorFlow (the TFDS data)."""
     if "torch" not in sys.modules:
         sys.modules.setdefault("triton", None)
 

@@ -71,8 +71,8 @@ def initialize_distributed(
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all hosts).
 
-    The axis type is ``Auto`` (JAX 0.10's ``make_mesh`` defaults to explicit axes, which would
-    make sharding part of the types of traced values).
+    The axis type is set to ``Auto``: with explicit axes (``jax.make_mesh``'s default) sharding
+    would become part of the types of traced values.
     """
     devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh(
