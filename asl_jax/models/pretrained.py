@@ -123,8 +123,8 @@ def _expected_shapes(name: str, num_classes: int, image_size: int) -> dict[str, 
     """Torch name -> shape of every entry the model's state dict has."""
     _, leaves, treedef = _model_shapes(name, num_classes, image_size)
     zeros = [np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape) for leaf in leaves]
-    torch = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
-    return {k: tuple(v.shape) for k, v in torch.items()}
+    state_dict = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) -> dict[str, Any]:
