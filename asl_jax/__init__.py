@@ -4,7 +4,7 @@ The library: pure, jit-able losses with a hand-written gradient (`asymmetric_los
 `asymmetric_loss_single_label`), reductions and partial labels (-1 = unknown:
 `known_labels_mask`, `partial_labels`), the paper's probability analysis and
 adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-label metrics papers report
-(`asl_jax.metrics`). It needs only jax and optax.
+(`asl_jax.metrics`). It needs only JAX and NumPy.
 """
 
 from asl_jax import metrics

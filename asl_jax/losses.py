@@ -163,7 +163,7 @@ def _asl_parts(z, gamma_pos, gamma_neg, cfg: _Config) -> _Parts:
     No `where` here on purpose: on XLA:CPU the sum of the loss runs in a YNNPACK fusion that
     takes arithmetic, `exp`, `log`, `sign`, `min` and `max`, but not selects or comparisons; with
     one, the terms before it are first written to memory as B×K arrays. Without, the value of the
-    loss is a single pass over the logits and labels (BENCHMARKS.md, "Loss kernel").
+    loss is a single pass over the logits and labels, with no B×K temporary.
     """
     # One exp gives p, q = 1 - p, log p and log q to full relative precision, with no overflow:
     # e = exp(-|z|) in [0, 1], 1/(1 + e) is the larger of p and q and e/(1 + e) the smaller one.
@@ -279,8 +279,8 @@ def _asl_with_vjp(cfg: _Config):
         logits, labels, gamma_pos, gamma_neg = residuals
         # The gradient is computed apart from the loss value: without the barrier XLA merges the
         # intermediates the two have in common (even their broadcast constants), and writes every
-        # merged one to memory as a B×K array between two fusions; on XLA:CPU that made the
-        # value-and-grad 2-3x slower, with six B×K temporaries (BENCHMARKS.md, "what we tried").
+        # merged one to memory as a B×K array between two fusions; on XLA:CPU that makes the
+        # value-and-grad 2-3x slower, with six B×K temporaries.
         # The leading unit axis, a free reshape on every backend, gives the gradient's constants
         # another shape, so that they are not merged either. Recomputing costs one more pass over
         # the inputs, much less than the temporaries did.

@@ -28,7 +28,7 @@ published protocol. What the reference code does when a class has no positives:
 
 - The official ASL validation (``mAP`` in Alibaba-MIIL/ASL ``helper_functions.py``) divides by
   ``n_pos + 1e-8``, so the class gets AP = 0 and is counted in the mean: that is ``"zero"``.
-- scikit-learn 1.9.1 (installed here; the behaviour dates from 1.1): ``precision_recall_curve``
+- scikit-learn (since release 1.1): ``precision_recall_curve``
   warns ``UserWarning: No positive class found in y_true, recall is set to one for all
   thresholds`` and ``average_precision_score`` returns 0.0 for such a column; with
   ``average="macro"`` that 0 is counted in the mean: also ``"zero"``. Releases before 1.1

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Names of the candidates (the table's rows).
-BCE = "optax BCE"
+OPTAX_BCE = "optax BCE"
 OURS = "ASL, static γ (ours)"
 OURS_TRACED = "ASL, traced γ− (ours)"
 OURS_DETACHED = "ASL, detached weights (ours)"
@@ -57,7 +57,7 @@ TORCH_DETACHED = "ASL PyTorch, detached weights"
 VALUE_ONLY = "ASL value only: loss.sum()"
 VALUE_ELEMENTWISE = "ASL value only, element-wise (no sum)"
 GRAD_ONLY = "ASL gradient only"
-BCE_VALUE_ONLY = "optax BCE value only"
+OPTAX_BCE_VALUE_ONLY = "optax BCE value only"
 FLOOR_SUM = "floor: (z * y).sum()"
 FLOOR_PASS = "floor: z * y (read 2, write 1)"
 
@@ -149,7 +149,9 @@ def build_candidates(
         return asymmetric_loss(z, y, gamma_pos=GAMMA_POS, gamma_neg=GAMMA_NEG, clip=CLIP).sum()
 
     candidates = {
-        BCE: _jax_candidate(lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).sum(), (z, y), n),
+        OPTAX_BCE: _jax_candidate(
+            lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).sum(), (z, y), n
+        ),
         OURS: _jax_candidate(ours, (z, y), n),
         OURS_TRACED: _jax_candidate(
             lambda z, y, g: asymmetric_loss(
@@ -184,7 +186,10 @@ def build_candidates(
                 False,
             ),
             GRAD_ONLY: (jax.grad(ours), False),
-            BCE_VALUE_ONLY: (lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).sum(), False),
+            OPTAX_BCE_VALUE_ONLY: (
+                lambda z, y: optax.sigmoid_binary_cross_entropy(z, y).sum(),
+                False,
+            ),
             FLOOR_SUM: (lambda z, y: (z * y).sum(), False),
             FLOOR_PASS: (lambda z, y: z * y, False),
         }
@@ -213,7 +218,7 @@ class SizeResult:
     def elements(self) -> int:
         return self.batch * self.classes
 
-    def ratio(self, name: str, to: str = BCE) -> float:
+    def ratio(self, name: str, to: str = OPTAX_BCE) -> float:
         return self.timings[name].median / self.timings[to].median
 
 
@@ -325,7 +330,7 @@ _BREAKDOWN_NAMES = (
     VALUE_ONLY,
     VALUE_ELEMENTWISE,
     GRAD_ONLY,
-    BCE_VALUE_ONLY,
+    OPTAX_BCE_VALUE_ONLY,
     FLOOR_SUM,
     FLOOR_PASS,
 )

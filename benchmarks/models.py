@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.training.parallel import FAST_COMPILE
+from asl_jax.compile_options import FAST_COMPILE
 from benchmarks import _machine, _timing
 from benchmarks._train_common import _flops, _ms, _rate
 from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION
@@ -147,8 +147,8 @@ def peak_rss_growth(fn: Callable[[], object]) -> tuple[float | None, object]:
 
 def _import_torch(threads: int) -> Any:
     # Passive OpenMP waiting: spinning PyTorch threads otherwise slow XLA down in this process
-    # (see benchmarks/loss_kernel.py). triton (a GPU compiler, unused on CPU) crashed processes
-    # that had loaded TensorFlow; inductor's CPU backend does not need it.
+    # (see benchmarks/loss_kernel.py). triton (a GPU compiler, unused on CPU) can crash a process
+    # that has loaded TensorFlow; inductor's CPU backend does not need it.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.modules.setdefault("triton", None)
     import torch

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.training.parallel import FAST_COMPILE
+from asl_jax.compile_options import FAST_COMPILE
 from benchmarks import _timing
 from benchmarks._train_common import (
     ASL_ADAPTIVE,

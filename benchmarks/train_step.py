@@ -41,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from asl_jax.training.parallel import FAST_COMPILE
+from asl_jax.compile_options import FAST_COMPILE
 from benchmarks import _machine, _timing
 from benchmarks._train_common import (
     _LOSS_ALONE,

@@ -11,7 +11,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # torch imports triton (its GPU kernel compiler) when present; in a process that has also loaded
-# TensorFlow (the TFDS tests), loading triton's native library crashed the process. The tests
+# TensorFlow (the TFDS tests), loading triton's native library can crash the process. The tests
 # run torch on CPU only, where triton is never used: make it unavailable (torch checks for it
 # with a plain import and carries on without it).
 sys.modules.setdefault("triton", None)

@@ -44,7 +44,7 @@ def test_loss_benchmark_end_to_end(tmp_path, capsys):
     (result,) = results
     assert result.rounds == 1
     expected = {
-        loss_benchmark.BCE,
+        loss_benchmark.OPTAX_BCE,
         loss_benchmark.OURS,
         loss_benchmark.OURS_TRACED,
         loss_benchmark.OURS_DETACHED,

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asl_jax.compile_options import FAST_COMPILE
 from asl_jax.models import MODELS, TorchLayout, create_model, pretrained_model_names
 from asl_jax.models.normalization import NORMALIZATIONS
 from asl_jax.models.torch_layout import NUM_BATCHES_TRACKED
@@ -122,8 +123,8 @@ def _expected_shapes(name: str, num_classes: int, image_size: int) -> dict[str, 
     """Torch name -> shape of every entry the model's state dict has."""
     _, leaves, treedef = _model_shapes(name, num_classes, image_size)
     zeros = [np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape) for leaf in leaves]
-    torch = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
-    return {k: tuple(v.shape) for k, v in torch.items()}
+    state_dict = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
 def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) -> dict[str, Any]:
@@ -132,8 +133,8 @@ def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) ->
     Only the head is computed: each variable is marked with its index and mapped through the
     layout to find the variables the head's entries come from, and the jitted initialiser
     returns just those, so XLA drops the other initialisers (a ViT-B's or TResNet's full
-    initialisation takes about 20 s to compile and run on a 2-core CPU). Flax derives each
-    variable's random stream from its path, so the values equal a full initialisation's.
+    initialisation is slow to compile and run on a CPU). Flax derives each variable's random
+    stream from its path, so the values equal a full initialisation's.
     """
     layout = _layout(name)
     model, leaves, treedef = _model_shapes(name, num_classes, image_size)
@@ -148,8 +149,6 @@ def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) ->
     def init_head(key: jax.Array) -> list[jax.Array]:
         variables = jax.tree.leaves(model.init(key, images, train=False))
         return [variables[i] for i in wanted]
-
-    from asl_jax.training.parallel import FAST_COMPILE
 
     # Run once: on CPU, skip XLA's expensive optimisations.
     options = FAST_COMPILE if jax.default_backend() == "cpu" else None
@@ -325,7 +324,7 @@ def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
 
 def _without_triton() -> None:
     """Keeps torch from loading triton, its GPU kernel compiler: torch only reads weights here,
-    and triton's native library crashed a process that had loaded TensorFlow (the TFDS data)."""
+    and triton's native library can crash a process that has loaded TensorFlow (the TFDS data)."""
     if "torch" not in sys.modules:
         sys.modules.setdefault("triton", None)
 

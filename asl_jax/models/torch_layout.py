@@ -26,7 +26,8 @@ NUM_BATCHES_TRACKED = "num_batches_tracked"
 
 @dataclasses.dataclass(frozen=True)
 class TorchLayout:
-    """The PyTorch correspondence of one architecture (an optional field of a ``ModelSpec``).
+    """The PyTorch correspondence of one architecture (``torch``, an optional field of a
+    :class:`~asl_jax.models.ModelSpec`).
 
     Attributes:
       to_flax: ``state_dict -> {"params": nested dict, "batch_stats": nested dict}``; the state

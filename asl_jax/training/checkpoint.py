@@ -16,11 +16,9 @@ save first waits for the previous one (Orbax does), so two saves never race, and
 training loop calls them before it reports success or an interruption, so a run never ends with
 a checkpoint half-written. ``async_save=False`` makes every save block until written.
 
-Orbax v1. The installed Orbax (0.12.8) has ``orbax.checkpoint.v1.training.Checkpointer``, an
-alias of ``orbax.checkpoint.experimental.v1``: its API is still experimental, and it is a wrapper
-of the same ``CheckpointManager`` (same preservation policies, async machinery and multi-host
-barriers), so it would add no guarantee to the ones above. This module stays on the stable
-``CheckpointManager`` API.
+Orbax v1. ``orbax.checkpoint.v1.training.Checkpointer`` (an experimental API) wraps the same
+``CheckpointManager`` (same preservation policies, async machinery and multi-host barriers), so it
+would add no guarantee to the ones above: this module uses the stable ``CheckpointManager`` API.
 
 Damage. A checkpoint can still be unreadable (a file truncated by a full disk, a storage fault):
 :meth:`Checkpointer.restore_newest_readable` then moves it aside to ``<step>.unreadable`` (kept

@@ -20,6 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from asl_jax.compile_options import FAST_COMPILE
+
 DATA_AXIS = "data"
 
 
@@ -69,8 +71,8 @@ def initialize_distributed(
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all hosts).
 
-    The axis type is ``Auto`` (JAX 0.10's ``make_mesh`` defaults to explicit axes, which would
-    make sharding part of the types of traced values).
+    The axis type is set to ``Auto``: with explicit axes (``jax.make_mesh``'s default) sharding
+    would become part of the types of traced values.
     """
     devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh(
@@ -120,18 +122,14 @@ def jit_eval_step(eval_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]
     return jax.jit(eval_fn, in_shardings=(rep, dat), out_shardings=rep)
 
 
-#: XLA:CPU options that skip the expensive optimisations: for programs whose compile time matters
-#: more than their run time (the state initialiser; the benchmarks' smoke tests).
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     """``jax.jit`` of a state initialiser whose output is placed replicated on ``mesh``.
 
     Initialising under ``jit`` with a replicated output sharding works the same on one host or
     many (no host-to-device copy of a host value onto non-addressable devices). The initialiser
-    runs once, so on CPU it is compiled without XLA's expensive optimisations: about 5× faster
-    to compile (random initialisers unroll into many ops) for a run time that does not matter.
+    runs once, so on CPU it is compiled with :data:`~asl_jax.compile_options.FAST_COMPILE`:
+    about 5× faster to compile (random initialisers unroll into many ops) for a run time that does
+    not matter.
     """
     options = None
     if mesh.devices.flat[0].platform == "cpu":

@@ -1,6 +1,6 @@
 """The Grain pipeline of the streaming folder source: order, resume from its state, bad files.
 
-Worker processes are spawned (a few seconds each on a loaded 2-core machine), so the tests that
+Worker processes are spawned (seconds each on a loaded machine with few cores), so the tests that
 use them are few and their datasets tiny (24 images of 20×24 px, decoded at 8 px).
 """
 

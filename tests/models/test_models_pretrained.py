@@ -6,6 +6,7 @@ The tests that compare with torchvision build randomly initialised torchvision m
 state dicts, ``.safetensors`` files, the registry, the end-to-end run) need no torch.
 """
 
+import ast
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import asl_jax.models
 from asl_jax.models import (
     MODELS,
     NORMALIZATIONS,
@@ -59,6 +61,24 @@ def test_registry_layouts_are_complete():
         assert isinstance(layout, TorchLayout)
         assert layout.normalization in NORMALIZATIONS and layout.source in ("torchvision", "timm")
         assert MODELS[name].normalization in NORMALIZATIONS
+
+
+def test_models_do_not_import_the_training_engine():
+    """The models sit below the training engine: no module of them imports it, even lazily."""
+    package = os.path.dirname(os.path.abspath(asl_jax.models.__file__))
+    imports = []
+    for file in sorted(os.listdir(package)):
+        if file.endswith(".py"):
+            with open(os.path.join(package, file), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    imports.append((file, node.module))
+                elif isinstance(node, ast.Import):
+                    imports.extend((file, alias.name) for alias in node.names)
+    assert ("pretrained.py", "asl_jax.compile_options") in imports
+    upward = [(f, m) for f, m in imports if m.split(".")[0] == "train" or "training" in m]
+    assert upward == []
 
 
 @pytest.mark.parametrize("name", pretrained_model_names())
@@ -283,7 +303,7 @@ def _torch_logits(model, images):
 
 
 def _forward(model, variables):
-    from asl_jax.training.parallel import FAST_COMPILE  # compile time dominates at 64 px
+    from asl_jax.compile_options import FAST_COMPILE  # compile time dominates at 64 px
 
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=FAST_COMPILE)
     return apply(variables, IMAGES)

@@ -81,8 +81,7 @@ def test_converters_round_trip_through_timm(name):
     ("name", "size", "dtype"),
     [
         ("tresnet_m", 64, np.float32),
-        # The paper's resolution, full networks, in float64 (see _compare; slow: about 20 s each
-        # on 2 CPU cores).
+        # The paper's resolution, full networks, in float64 (see _compare; slow on a CPU).
         pytest.param("tresnet_m", 448, np.float64, marks=pytest.mark.slow),
         pytest.param("tresnet_l", 448, np.float64, marks=pytest.mark.slow),
     ],

@@ -1,6 +1,6 @@
 """A tiny ``python -m train.compare`` run shared by the compare, evaluate and predict tests.
 
-Compiling a train step costs ~10 s on the loaded 2-core machine, so one comparison (a BCE run
+Compiling a train step takes seconds on a small CPU, so one comparison (a BCE run
 that trains, an adaptive-ASL run configured to fail) is made once per session; its BCE workdir is
 the trained run that ``train.evaluate`` and ``train.predict`` are tested on.
 """
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMEOUT = 300  # seconds; generous for a loaded 2-core machine
+TIMEOUT = 300  # seconds; generous for a loaded machine with few cores
 
 #: 8 steps on 256 images of 16 px, a width-8 CNN; evaluations and checkpoints at steps 4 and 8.
 TINY = {

@@ -118,9 +118,9 @@ def _exports_into_torchvision_with_the_same_logits(workdir, arch):
     import torchvision
     from safetensors import safe_open
 
+    from asl_jax.compile_options import FAST_COMPILE
     from asl_jax.models import create_model
     from asl_jax.models.normalization import NORMALIZATIONS
-    from asl_jax.training.parallel import FAST_COMPILE
     from train.export import export_run, format_export
     from train.reopen import open_run
 

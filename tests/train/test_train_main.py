@@ -24,7 +24,7 @@ from asl_jax.training.state import checkpoint_items
 from train.configs.default import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMEOUT = 240  # seconds; generous for a loaded 2-core machine
+TIMEOUT = 240  # seconds; generous for a loaded machine with few cores
 
 OVERRIDES = {
     "model.width": 4,

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from asl_jax.compile_options import FAST_COMPILE
 from asl_jax.models import create_model
 from asl_jax.training.checkpoint import Checkpointer
-from asl_jax.training.parallel import FAST_COMPILE
 from asl_jax.training.state import TrainState, checkpoint_items, create_train_state
 
 STATIC_FIELDS = {"apply_fn", "tx"}
@@ -21,7 +21,7 @@ ARRAY_FIELDS = [f.name for f in dataclasses.fields(TrainState) if f.name not in 
 @functools.cache
 def _init():
     # Jitted as the training loop does: run eagerly, the initialisers dispatch and compile a few
-    # hundred small ops one by one (about 30 s on a 2-core CPU, against about 1 s).
+    # hundred small ops one by one (tens of times slower than one jitted program).
     model = create_model("cnn", num_classes=3, width=4)
     return jax.jit(
         lambda key: create_train_state(
