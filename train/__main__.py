@@ -1,6 +1,6 @@
 """``python -m train``: train and evaluate a multi-label classifier with ASL.
 
-    python -m train                                   # shapes, small CNN, ~5 min on 2 CPU cores
+    python -m train                                   # shapes, small CNN, a few minutes on a CPU
     python -m train --config=train/configs/coco.py --config.batch_size=256 --workdir=runs/coco
     python -m train --config.loss.adaptive=True --workdir=runs/adaptive
 

@@ -179,7 +179,7 @@ def _described(raw: Mapping[str, Any]) -> Any:
     """The loss settings of a run's raw config, for its entry and log line (also when invalid:
     the run then fails, and its entry says why)."""
     return types.SimpleNamespace(
-        loss=types.SimpleNamespace(**LossConfig().to_dict(), **raw["loss"])
+        loss=types.SimpleNamespace(**{**LossConfig().to_dict(), **raw["loss"]})
     )
 
 
@@ -278,7 +278,7 @@ def compare(
     Args:
       base_config: the shared training config (``train/configs/*.py`` plus overrides).
       workdir: where the per-loss workdirs and the results go.
-      losses: keys of :data:`LOSSES`, in the order to run them.
+      losses: keys of :data:`RUNS`, in the order to run them.
       command: the command line recorded in compare.md (default: this process's).
       source: the dataset; default ``create_source(base_config.data, seed=base_config.seed)``,
         built once and shared by every run.
@@ -646,7 +646,7 @@ def plot_compare(
 
     os.makedirs(out_dir, exist_ok=True)
     done = [(r["loss"], r["label"]) for r in runs if r["loss"] in records]
-    colours = {loss: f"C{i}" for i, loss in enumerate(LOSSES)}
+    colours = {loss: f"C{i}" for i, loss in enumerate(RUNS)}
     written = []
 
     def series(loss: str, label: str, kind: str, key: str, **style: Any) -> Any:
@@ -679,7 +679,7 @@ def plot_compare(
     )
     delta_p = [series(loss, label, "train", "delta_p", lw=1) for loss, label in done]
     figure(delta_p, "Δp = p̄− − p̄+", "Probability gap Δp (train batches)", "delta_p.png")
-    adaptive = [(loss, label) for loss, label in done if LOSSES[loss]["adaptive"]]
+    adaptive = [(loss, label) for loss, label in done if RUNS[loss]["adaptive"]]
     if adaptive:
         gammas = [series(loss, label, "train", "gamma_neg") for loss, label in adaptive]
         figure(gammas, "γ−", "Adaptive γ− over training", "gamma_neg.png")

@@ -218,8 +218,8 @@ class _Loop:
         # guarantees that all take part in the checkpoint that follows.
         new_best = agree(_sets_a_best(run.log.records, scores))
         run.log.write({"kind": "eval", "step": self.step, "elapsed": run.elapsed(), **scores})
-        if run.progress is not None:
-            run.progress.write(
+        if run.progress_bar is not None:
+            run.progress_bar.write(
                 f"step {self.step}: mAP {100 * scores['map']:.2f}% "
                 f"(EMA {100 * scores['map_ema']:.2f}%)"
             )
@@ -247,8 +247,8 @@ class _Loop:
                 step = self.step
                 self.records.add(step, metrics)
                 profiler.after_step(step, self.state)
-                if run.progress is not None:
-                    run.progress.update(1)
+                if run.progress_bar is not None:
+                    run.progress_bar.update(1)
                 at_log = itstime(step, config.log_every, total)
                 # Fetch at least every max_consecutive_nonfinite steps, so that a run of bad
                 # steps is noticed when it reaches the limit.
@@ -298,8 +298,8 @@ class _TrainRecords:
         fetched = jax.device_get([m for _, m in self.pending])
         if self.pending:
             self.rate.mark(self.pending[-1][0])  # the fetch waited for that step
-            if run.progress is not None:
-                run.progress.synced(self.pending[-1][0])
+            if run.progress_bar is not None:
+                run.progress_bar.synced(self.pending[-1][0])
         for (step, _), m in zip(self.pending, fetched, strict=True):
             self.num_skipped += int(m["skipped"])
             if itstime(step, run.config.log_every, run.total_steps):
@@ -322,8 +322,8 @@ class _TrainRecords:
         record["images_per_s"] = None if steps_per_s is None else steps_per_s * self.rate.batch_size
         record["eta_s"] = None if steps_per_s is None else (run.total_steps - step) / steps_per_s
         run.log.write(record)
-        if run.progress is not None:
-            run.progress.set_metrics(
+        if run.progress_bar is not None:
+            run.progress_bar.set_metrics(
                 loss=f"{record['loss']:.4g}", gamma_neg=f"{record['gamma_neg']:.3g}"
             )
 

@@ -1,7 +1,7 @@
 """An early check that the input a config asks for fits in memory.
 
-An absurd ``data.image_size`` or batch size used to fail deep inside NumPy or XLA with a raw
-out-of-memory error (or get the process killed) minutes into a run.
+Without it, an absurd ``data.image_size`` or batch size fails deep inside NumPy or XLA with a raw
+out-of-memory error (or gets the process killed) minutes into a run.
 :func:`check_dataset_memory` and :func:`check_batch_memory` estimate, before any data is
 generated or program compiled, the memory that cannot be avoided and refuse the config when it
 exceeds what is available:

@@ -56,7 +56,7 @@ class Run:
       epoch_steps: steps in one epoch.
       total_steps: steps of the whole run.
       elapsed_before: wall time of the earlier sessions of a resumed run.
-      progress: the progress bar (process 0, when ``progress_bar``).
+      progress_bar: the progress bar (process 0, when ``progress_bar``).
       start_time: when this session started.
     """
 
@@ -70,7 +70,7 @@ class Run:
     epoch_steps: int
     total_steps: int
     elapsed_before: float
-    progress: progress.ProgressBar | None
+    progress_bar: progress.ProgressBar | None
     start_time: float = dataclasses.field(default_factory=time.time)
 
     def elapsed(self) -> float:
@@ -78,8 +78,8 @@ class Run:
         return self.elapsed_before + time.time() - self.start_time
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
+        if self.progress_bar is not None:
+            self.progress_bar.close()
         self.log.close()
         self.ckpt.close()
         if hasattr(self.source, "close"):

@@ -35,7 +35,7 @@ def test_cli_writes_the_results_and_isolates_a_failed_run(comparison):
 
     assert adaptive["status"] == "failed"
     assert adaptive["error"].startswith("ConfigError: loss.gamma_neg=4.0")
-    assert "validate_config" in adaptive["traceback"]  # the end of the traceback
+    assert "loss_registry.py" in adaptive["traceback"]  # the end: where the loss block is checked
     assert len(adaptive["traceback"].splitlines()) <= compare.TRACEBACK_LINES
 
     md = open(os.path.join(workdir, "compare.md")).read()

@@ -64,7 +64,9 @@ def test_any_negative_label_is_unknown_and_a_nan_label_is_an_error():
     minus_one, minus_two = labels.copy(), labels.copy()
     minus_one[:, 4] = -1
     minus_two[:, 4] = -2
-    assert split_metrics(probs, minus_two, threshold=0.5) == split_metrics(probs, minus_one, threshold=0.5)
+    assert split_metrics(probs, minus_two, threshold=0.5) == split_metrics(
+        probs, minus_one, threshold=0.5
+    )
     corrupt = labels.copy()
     corrupt[3, 1] = np.nan
     with pytest.raises(ValueError, match="labels must be binary"):
