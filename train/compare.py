@@ -104,12 +104,12 @@ def parse_losses(text: str) -> tuple[str, ...]:
     return names
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
+def _as_dict(config: Config | Mapping[str, Any]) -> dict[str, Any]:
     """The nested dict of a typed config, a ``ConfigDict`` or a mapping (a copy)."""
     return config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
 
 
-def _raw_config(base: Any, loss: str) -> dict[str, Any]:
+def _raw_config(base: Config | Mapping[str, Any], loss: str) -> dict[str, Any]:
     """The nested dict of ``base`` (a Config or the mapping of a config file) set up for
     ``loss`` (a key of :data:`RUNS`)."""
     raw = _as_dict(base)
@@ -118,7 +118,7 @@ def _raw_config(base: Any, loss: str) -> dict[str, Any]:
     return raw
 
 
-def loss_config(base: Any, loss: str) -> Config:
+def loss_config(base: Config | Mapping[str, Any], loss: str) -> Config:
     """The typed config of the run of ``loss`` (a key of :data:`RUNS`) from the shared config.
 
     Each run's config is checked on its own: a setting only one loss cannot use (the adaptive
@@ -263,7 +263,7 @@ def _latest_step(workdir: str) -> int | None:
 
 
 def compare(
-    base_config: Any,
+    base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
     losses: Sequence[str] = DEFAULT_LOSSES,
     *,
@@ -423,7 +423,7 @@ def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _setup(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -> str:
+def _setup_line(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -> str:
     data = config["data"]
     what = f"data {data['name']}"
     if data["name"] == "shapes":
@@ -455,7 +455,7 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         result["command"],
         "```",
         "",
-        _setup(result["config"], result["runs"]),
+        _setup_line(result["config"], result["runs"]),
         "",
         format_table(result["runs"]),
         "",
@@ -564,7 +564,7 @@ def format_seed_table(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def compare_seeds(
-    base_config: Any,
+    base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
     losses: Sequence[str],
     seeds: Sequence[int],

@@ -32,6 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asl_jax.training.config import Config
 from asl_jax.training.loss_registry import LossConfig, loss_spec
 from train.compare import SEED_METRICS, _as_dict, compare_seeds, format_mean_sd, parse_seeds
 
@@ -86,7 +87,7 @@ def point_name(point: Mapping[str, float]) -> str:
 
 
 def sweep(
-    base_config: Any,
+    base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
     grid: Mapping[str, Sequence[float]],
     seeds: Sequence[int],

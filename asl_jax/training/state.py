@@ -27,8 +27,10 @@ class TrainState:
       ema_batch_stats: exponential moving average of ``batch_stats`` (the EMA model is evaluated
         with its own statistics, like the official ``ModelEma`` that averages the whole
         ``state_dict``).
-      gamma_neg: the negative focusing parameter γ− (float32 scalar); updated by the adaptive rule
-        when enabled, constant otherwise.
+      gamma_neg: the negative focusing parameter γ− (float32 scalar), updated by the adaptive
+        rule when ``loss.adaptive``. A run without the rule carries (and checkpoints) its start
+        value, which nothing reads: the loss takes ``loss.gamma_neg`` from the config then. It
+        stays in every state so that all runs share one checkpoint layout.
       rng: raw PRNG key data (uint32); step ``t`` uses ``fold_in(rng, t)``.
       num_skipped: total number of steps skipped because the loss or gradient was not finite.
       consecutive_nonfinite: length of the current run of skipped steps (0 after a good step).

@@ -258,4 +258,4 @@ def test_setup_line_states_the_batch_size_the_runs_used(used, expected):
     config = get_config().to_dict()
     config["batch_size"] = 64
     runs = [{"batch_size": b} for b in used]
-    assert expected in compare._setup(config, runs)
+    assert expected in compare._setup_line(config, runs)

@@ -17,7 +17,16 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_train_main import TIMEOUT, _command, _config, _final_arrays, _kill, _records, _start, _wait
+from test_train_main import (
+    TIMEOUT,
+    _command,
+    _config,
+    _final_arrays,
+    _kill,
+    _records,
+    _start,
+    _wait,
+)
 
 from asl_jax.training import make_mesh
 from asl_jax.training.loop import train_and_evaluate

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from asl_jax.config_fields import flat_mapping
+from asl_jax.config_fields import Effect, flat_mapping
 from asl_jax.training.config import (
     AUTO_EVALUATIONS,
     Config,
@@ -258,3 +258,62 @@ def test_fields_added_after_a_run_count_as_their_defaults():
     assert changed_result_fields(old, new.to_dict()) == []
     new.loss.pos_weight = 2.0
     assert changed_result_fields(old, new.to_dict()) == ["loss.pos_weight: 1.0 -> 2.0"]
+
+
+# Every field, whatever block declares it: a field added to the config is covered by the tests
+# below without editing them.
+ALL_FIELDS = dict(Config.walk())
+
+
+def _other_value(field):
+    """A valid value of ``field`` other than its default."""
+    default = field.default
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 if default else 0.5
+    return {"": "inverse_frequency"}.get(default, default)
+
+
+def _nested(flat):
+    out = {}
+    for dotted, value in flat.items():
+        *parents, leaf = dotted.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ALL_FIELDS))
+def test_every_field_is_described_with_an_effect(name):
+    field = ALL_FIELDS[name]
+    assert field.metadata["doc"].strip() and "|" not in field.metadata["doc"], name
+    assert isinstance(field.metadata["effect"], Effect)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_FIELDS))
+def test_a_change_refuses_the_workdir_exactly_for_result_fields(name):
+    old = Config().to_dict()
+    new = Config().flat()
+    new[name] = _other_value(ALL_FIELDS[name])
+    changed = changed_result_fields(old, _nested(new))
+    expected = ALL_FIELDS[name].metadata["effect"].changes_result
+    assert changed == ([f"{name}: {Config().flat()[name]!r} -> {new[name]!r}"] if expected else [])
+
+
+@pytest.mark.parametrize("name", sorted(ALL_FIELDS))
+def test_a_stored_config_without_a_field_resumes(name):
+    """A config.json written before a field existed reads as a run of its default (or of what
+    it meant then) and is not refused by a config that has the default."""
+    stored = Config().flat()
+    del stored[name]
+    restored = Config.from_mapping(_nested(stored), stored=True)
+    field, block = ALL_FIELDS[name], name.rpartition(".")[0]
+    absent = field.metadata["absent"]
+    block_values = _nested(stored).get(block, {}) if block else _nested(stored)
+    assert restored.flat()[name] == (absent(block_values) if absent else field.default)
+    assert changed_result_fields(_nested(stored), restored) == []
