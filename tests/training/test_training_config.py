@@ -266,7 +266,7 @@ ALL_FIELDS = dict(Config.walk())
 
 
 def _other_value(field):
-    """A valid value of ``field`` other than its default."""
+    """A value of ``field`` other than its default (the new config is compared unchecked)."""
     default = field.default
     if isinstance(default, bool):
         return not default
@@ -274,7 +274,7 @@ def _other_value(field):
         return default + 1
     if isinstance(default, float):
         return default / 2 if default else 0.5
-    return {"": "inverse_frequency"}.get(default, default)
+    return f"{default}-changed"
 
 
 def _nested(flat):
