@@ -24,6 +24,7 @@ fields (:func:`describe_fields`) and the fields of each :class:`Effect`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -202,7 +203,7 @@ class ConfigBlock:
         earlier version of the project) it takes what it meant for that run (``absent`` of
         :func:`option`). A key that is not a field is refused, naming the known fields.
         """
-        values = _as_dict(values)
+        values = nested_dict(values)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in values if k not in fields)
         if unknown:
@@ -270,18 +271,17 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _as_dict(values: Any) -> dict[str, Any]:
-    if isinstance(values, ConfigBlock):
+def nested_dict(values: Any) -> dict[str, Any]:
+    """A nested dict (a copy) of a config block, an ``ml_collections.ConfigDict`` or a mapping."""
+    if hasattr(values, "to_dict"):  # a ConfigBlock or a ConfigDict
         return values.to_dict()
-    if hasattr(values, "to_dict"):  # ml_collections.ConfigDict
-        return values.to_dict()
-    return dict(values.items())
+    return copy.deepcopy(dict(values.items()))
 
 
 def flat_mapping(values: Any, prefix: str = "") -> dict[str, Any]:
     """``{"loss.clip": 0.05, ...}`` of a nested mapping or block, without checking its values."""
     out: dict[str, Any] = {}
-    for key, value in _as_dict(values).items():
+    for key, value in nested_dict(values).items():
         if isinstance(value, Mapping) or hasattr(value, "items"):
             out.update(flat_mapping(value, f"{prefix}{key}."))
         else:

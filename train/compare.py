@@ -47,7 +47,6 @@ Single process only (for several hosts, run ``python -m train`` per loss).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import shlex
@@ -59,6 +58,7 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from asl_jax.config_fields import nested_dict
 from asl_jax.training.config import Config, ConfigError, validate_config
 from asl_jax.training.loss_registry import LOSSES, LossConfig, used_fields
 from train.summary import percent
@@ -104,15 +104,10 @@ def parse_losses(text: str) -> tuple[str, ...]:
     return names
 
 
-def _as_dict(config: Config | Mapping[str, Any]) -> dict[str, Any]:
-    """The nested dict of a typed config, a ``ConfigDict`` or a mapping (a copy)."""
-    return config.to_dict() if hasattr(config, "to_dict") else copy.deepcopy(dict(config))
-
-
 def _raw_config(base: Config | Mapping[str, Any], loss: str) -> dict[str, Any]:
     """The nested dict of ``base`` (a Config or the mapping of a config file) set up for
     ``loss`` (a key of :data:`RUNS`)."""
-    raw = _as_dict(base)
+    raw = nested_dict(base)
     raw["loss"] = {**raw.get("loss", {}), **RUNS[loss]}
     raw["name"] = f"{raw.get('name', Config.name)}:{loss}"
     return raw
@@ -352,7 +347,7 @@ def compare(
         "status": _status(runs, interrupted),
         "signal": interrupted,
         "runs": runs,
-        "config": _as_dict(base_config),
+        "config": nested_dict(base_config),
     }
     _write_results(result, records, log)
     return result
@@ -592,7 +587,7 @@ def compare_seeds(
     results: dict[int, dict[str, Any]] = {}
     status, interrupted = "completed", None
     for seed in seeds:
-        config = {**_as_dict(base_config), "seed": seed}
+        config = {**nested_dict(base_config), "seed": seed}
         result = compare(config, os.path.join(workdir, f"seed_{seed}"), losses, **kwargs)
         results[seed] = result
         if result["status"] == "failed":

@@ -32,9 +32,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asl_jax.config_fields import nested_dict
 from asl_jax.training.config import Config
 from asl_jax.training.loss_registry import LossConfig, loss_spec
-from train.compare import SEED_METRICS, _as_dict, compare_seeds, format_mean_sd, parse_seeds
+from train.compare import SEED_METRICS, compare_seeds, format_mean_sd, parse_seeds
 
 #: The loss a sweep trains.
 SWEPT_LOSS = "asl"
@@ -116,7 +117,7 @@ def sweep(
     for point in grid_points(grid):
         entry: dict[str, Any] = {"settings": dict(point), "dir": point_name(point)}
         if signal is None:
-            config = _as_dict(base_config)
+            config = nested_dict(base_config)
             config["loss"] = {
                 **config["loss"],
                 **{key.split(".", 1)[1]: value for key, value in point.items()},
