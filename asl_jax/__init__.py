@@ -2,7 +2,8 @@
 
 The library: pure, jit-able losses with a hand-written gradient (`asymmetric_loss`,
 `asymmetric_loss_single_label`), reductions and partial labels (-1 = unknown:
-`known_labels_mask`, `partial_labels`), the paper's probability analysis and
+`known_labels_mask`, `partial_labels`), losses designed for missing labels after ASL
+(`focal_margin_loss`, `hill_loss`, `splc_labels`), the paper's probability analysis and
 adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-label metrics papers report
 (`asl_jax.metrics`). It needs only JAX and NumPy.
 """
@@ -16,16 +17,20 @@ from asl_jax.losses import (
     partial_labels,
     reduce_loss,
 )
+from asl_jax.missing_labels import focal_margin_loss, hill_loss, splc_labels
 
 __all__ = [
     "ProbabilityStats",
     "asymmetric_loss",
     "asymmetric_loss_single_label",
+    "focal_margin_loss",
+    "hill_loss",
     "known_labels_mask",
     "metrics",
     "partial_labels",
     "probability_stats",
     "reduce_loss",
+    "splc_labels",
     "update_gamma_neg",
 ]
 
