@@ -696,8 +696,8 @@ def main(argv: list[str]) -> int:
     try:
         losses = parse_losses(flags.FLAGS.losses)
         seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
-    except ValueError as e:
-        return cli.error(str(e))
+    except ValueError as e:  # an unusable command line
+        return cli.error(str(e), status=cli.USAGE_EXIT)
     base = flags.FLAGS.config
     try:
         # The shared part of the config is checked once, before any run starts (as BCE, which
