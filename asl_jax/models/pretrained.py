@@ -557,22 +557,95 @@ def resolve_normalization(model_name: str, pretrained: str, normalization: str =
     return _layout(model_name).normalization
 
 
+#: Where each source downloads its weights from, and how long to wait to know it is reachable.
+_DOWNLOAD_HOSTS = {"torchvision": "download.pytorch.org", "timm": "huggingface.co"}
+_REACHABLE_TIMEOUT_S = 3.0
+
+
+def _reachable(host: str, timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (name lookup
+    included: it runs in a thread that is not waited for beyond the timeout)."""
+    import socket
+    import threading
+
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+class _Offline(Exception):
+    """No network, and the weights are not in the package's cache."""
+
+
+def _offline_error(spec: str, kind: str) -> ValueError:
+    return ValueError(
+        f"model.pretrained={spec!r}: {kind} could not provide the weights (no network: "
+        f"{_DOWNLOAD_HOSTS[kind]} cannot be reached, and they are not in its cache); without "
+        "internet access, pass a weights file instead: model.pretrained=/path/to/weights.pth "
+        "(or .safetensors)"
+    )
+
+
+def _torchvision_cached(model_name: str) -> bool:
+    """Whether torchvision's default weights of ``model_name`` are in torch hub's cache."""
+    import torch
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(model_name).DEFAULT.url
+    except (ValueError, KeyError, AttributeError):  # an unknown name: get_model says it
+        return True
+    name = os.path.basename(url)
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", name))
+
+
+def _hub_offline() -> None:
+    """Hugging Face Hub's offline mode (``HF_HUB_OFFLINE=1``): the cache only, no retries."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    constants.HF_HUB_OFFLINE = True
+
+
 def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.ndarray]:
-    """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package."""
+    """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package.
+
+    Without network (the download host unreachable within seconds), the package's cache is used
+    (Hugging Face's offline mode for timm: no retries) or the error is one line at once.
+    """
     _without_triton()
+    online = None if os.environ.get("HF_HUB_OFFLINE") else _reachable(_DOWNLOAD_HOSTS[kind])
     try:
         if kind == "torchvision":
             import torchvision
 
+            if online is False and not _torchvision_cached(model_name):
+                raise _Offline
             model = torchvision.models.get_model(model_name, weights="DEFAULT")
         else:
             import timm
 
+            if online is False:
+                _hub_offline()
             model = timm.create_model(model_name, pretrained=True)
     except ImportError as e:
         raise ValueError(f"model.pretrained={spec!r} needs {e.name} ({_TORCH_EXTRA})") from None
     except Exception as e:  # no network, unknown model name, corrupt cache...
         first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, _Offline) or online is False:
+            raise _offline_error(spec, kind) from None
         raise ValueError(
             f"model.pretrained={spec!r}: {kind} could not provide the weights "
             f"({type(e).__name__}: {first}); without internet access, pass a weights file "

@@ -597,3 +597,40 @@ def test_weights_in_the_other_format_are_named(tmp_path, resnet18_state_dict):
     save_file({"fc.weight": resnet18_state_dict["fc.weight"]}, str(path))
     with pytest.raises(ValueError, match=re.escape("a safetensors file (name it .safetensors)")):
         load_state_dict(path)
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_no_network_fails_fast_and_quietly(tmp_path, monkeypatch, capfd, source):
+    """Offline, without the weights in the cache: one line at once, with no download attempt
+    (torchvision's ``Downloading`` line) and no Hugging Face retries."""
+    import time
+
+    import asl_jax.models.pretrained as pretrained
+
+    pytest.importorskip(source)
+    import torch
+
+    monkeypatch.setattr(pretrained, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # restored after the test: the code sets it
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    if source == "torchvision":
+        import torchvision
+
+        def download(*args, **kwargs):
+            raise AssertionError("no download is tried without network")
+
+        monkeypatch.setattr(torchvision.models, "get_model", download)
+    else:
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    spec = f"{source}:resnet50" + (".a1_in1k" if source == "timm" else "")
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        load_pretrained("resnet50", spec, num_classes=3, rng=jax.random.key(0))
+    assert time.perf_counter() - start < 15
+    message = str(info.value)
+    assert message.startswith(f"model.pretrained={spec!r}: {source} could not provide the weights")
+    assert "(no network:" in message and "\n" not in message
+    assert "Downloading" not in capfd.readouterr().err
