@@ -8,6 +8,7 @@ candidates round-robin, in a new random order each round, many rounds, and repor
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -20,7 +21,9 @@ from pathlib import Path
 
 __all__ = [
     "Timing",
+    "add_document_flags",
     "command_line",
+    "document_path",
     "interleaved_timings",
     "markdown_table",
     "update_section",
@@ -104,6 +107,32 @@ def interleaved_timings(
 
 # ------------------------------------------------------------------------------------------------
 # Command line
+
+
+#: The document the benchmarks' sections belong to; written only when asked (``--update-doc``):
+#: by default a benchmark prints its results and writes them to ``benchmarks/results/*.json``,
+#: leaving the published rows of other machines and sizes as they are.
+DOCUMENT = "BENCHMARKS.md"
+
+
+def add_document_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """``--update-doc`` (write ``section`` of BENCHMARKS.md) and ``--output FILE`` (another
+    Markdown file whose section is written); neither: the document is left alone."""
+    parser.add_argument(
+        "--update-doc",
+        action="store_true",
+        help=f"write the '{section}' section of {DOCUMENT} (default: print and write --json only)",
+    )
+    parser.add_argument(
+        "--output",
+        default="",
+        help=f"Markdown file whose '{section}' section is written (default: none)",
+    )
+
+
+def document_path(args: argparse.Namespace) -> str:
+    """The Markdown file to update: ``--output``, BENCHMARKS.md with ``--update-doc``, or ''."""
+    return args.output or (DOCUMENT if args.update_doc else "")
 
 
 def command_line(module: str) -> str:

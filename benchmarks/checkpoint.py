@@ -10,7 +10,7 @@ triggers a save, the median step right after it (the background write competes f
 the wall time of the whole round, final wait included.
 
     python -m benchmarks.checkpoint                       # CNN of ~20 MB of state, 5 rounds
-    python -m benchmarks.checkpoint --tiny --output ''    # the smoke test's size
+    python -m benchmarks.checkpoint --tiny --json ''      # the smoke test's size
 """
 
 from __future__ import annotations
@@ -179,8 +179,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="a tiny model (the smoke test)")
     parser.add_argument("--cache-dir", default="", help="where the shapes data is cached")
     parser.add_argument("--tmp-dir", default="", help="where the checkpoints are written")
-    parser.add_argument("--output", default="BENCHMARKS.md", help="Markdown file ('' to skip)")
-    parser.add_argument("--json", default="", help="JSON file of the results ('' to skip)")
+    _timing.add_document_flags(parser, SECTION)
+    parser.add_argument(
+        "--json", default="benchmarks/results/checkpoint.json", help="JSON file ('' to skip)"
+    )
     args = parser.parse_args(argv)
     for name in ("rounds", "steps", "save_every"):
         if getattr(args, name) < 1:
@@ -197,9 +199,10 @@ def main(argv: Sequence[str] | None = None) -> CheckpointResult:
     print(_machine.machine_markdown(info))
     result = run(TINY_SPEC if args.tiny else SPEC, args)
     print(table(result))
-    if args.output:
-        _timing.update_section(args.output, SECTION, render_markdown(result, info, command))
-        print(f"Wrote the '{SECTION}' section of {os.path.abspath(args.output)}")
+    output = _timing.document_path(args)
+    if output:
+        _timing.update_section(output, SECTION, render_markdown(result, info, command))
+        print(f"Wrote the '{SECTION}' section of {os.path.abspath(output)}")
     if args.json:
         path = _machine.write_results_json(args.json, SECTION, command, info, result)
         print(f"Wrote {os.path.abspath(path)}")

@@ -268,8 +268,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default="", help="where the JPEGs are written (default: temp)")
     parser.add_argument("--quick", action="store_true", help="16 images, 32/48 px, one round")
-    parser.add_argument("--output", default="", help="update this section of BENCHMARKS.md")
-    parser.add_argument("--json", default="", help="write the results and machine here")
+    _timing.add_document_flags(parser, SECTION)
+    parser.add_argument(
+        "--json",
+        default="benchmarks/results/input.json",
+        help="write the results and machine here ('' to skip)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.sizes, args.workers, args.batch_size, args.rounds = (
@@ -308,9 +312,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, Rate]]:
         f"CPU-second of this process and its workers:\n\n{report(results)}\n\n{on_paper(results)}"
     )
     print(f"\n{text}")
-    if args.output:
+    output = _timing.document_path(args)
+    if output:
         body = f"## Input pipeline\n\n`{command}`\n\n{_machine.machine_markdown(info)}\n\n{text}"
-        _timing.update_section(args.output, SECTION, body)
+        _timing.update_section(output, SECTION, body)
     if args.json:
         _machine.write_results_json(args.json, SECTION, command, info, results)
     return results

@@ -23,8 +23,8 @@ measured on (`--json`, default ``benchmarks/results/loss.json``).
 
 Usage (from the repository root)::
 
-    python -m benchmarks.loss                       # default sizes, writes BENCHMARKS.md
-    python -m benchmarks.loss --sizes 1024x2000 --rounds 100 --output BENCHMARKS.md
+    python -m benchmarks.loss                       # default sizes: stdout, benchmarks/results/
+    python -m benchmarks.loss --rounds 100 --update-doc   # also its section of BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -218,11 +218,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-breakdown", action="store_true", help="skip the 'where the time goes' candidates"
     )
-    parser.add_argument(
-        "--output",
-        default="BENCHMARKS.md",
-        help="Markdown file whose 'loss' section is written ('' to only print)",
-    )
+    _timing.add_document_flags(parser, SECTION)
     parser.add_argument(
         "--json",
         default=DEFAULT_JSON,
@@ -262,9 +258,10 @@ def main(argv: Sequence[str] | None = None) -> list[SizeResult]:
         results.append(result)
     markdown = render_markdown(results, info, command)
     print("\n" + goals(results))
-    if args.output:
-        _timing.update_section(args.output, SECTION, markdown)
-        print(f"\nWrote the '{SECTION}' section of {os.path.abspath(args.output)}")
+    output = _timing.document_path(args)
+    if output:
+        _timing.update_section(output, SECTION, markdown)
+        print(f"\nWrote the '{SECTION}' section of {os.path.abspath(output)}")
     if args.json:
         path = _machine.write_results_json(args.json, SECTION, command, info, results)
         print(f"Wrote {os.path.abspath(path)}")

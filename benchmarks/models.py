@@ -23,8 +23,8 @@ two frameworks on the benchmark batch and the loss of their first training step 
 so that the times are of the same computation. "On paper": XLA's FLOP count of the training
 step and the images/s it implies on an accelerator at an assumed utilisation.
 
-    python -m benchmarks.models                         # 224 px, batch 32, writes BENCHMARKS.md
-    python -m benchmarks.models --models resnet50 --batch 8 --rounds 3 --no-compile --output ''
+    python -m benchmarks.models                         # 224 px, batch 32: stdout, JSON
+    python -m benchmarks.models --batch 8 --rounds 3 --update-doc  # also BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -451,7 +451,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fast-compile", action="store_true", help="XLA without its expensive passes (tests)"
     )
-    parser.add_argument("--output", default="BENCHMARKS.md", help="Markdown file ('' to skip)")
+    _timing.add_document_flags(parser, SECTION)
     parser.add_argument("--json", default=DEFAULT_JSON, help="JSON file ('' to skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -483,9 +483,10 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
         if line:
             print(line)
         results.append(result)
-    if args.output:
-        _timing.update_section(args.output, SECTION, render_markdown(results, info, command))
-        print(f"Wrote the '{SECTION}' section of {os.path.abspath(args.output)}")
+    output = _timing.document_path(args)
+    if output:
+        _timing.update_section(output, SECTION, render_markdown(results, info, command))
+        print(f"Wrote the '{SECTION}' section of {os.path.abspath(output)}")
     if args.json:
         path = _machine.write_results_json(args.json, SECTION, command, info, results)
         print(f"Wrote {os.path.abspath(path)}")

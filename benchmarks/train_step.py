@@ -24,8 +24,8 @@ Three measurements, written to the ``train_step`` section of BENCHMARKS.md:
 
 Usage (from the repository root)::
 
-    python -m benchmarks.train_step                       # everything, writes BENCHMARKS.md
-    python -m benchmarks.train_step --rounds 40 --models cnn --output ''
+    python -m benchmarks.train_step                       # everything: stdout, JSON
+    python -m benchmarks.train_step --rounds 40 --models cnn --update-doc  # and BENCHMARKS.md
 
 One module per measurement: `benchmarks.train_step_time` (1), `benchmarks.train_throughput` (2),
 `benchmarks.train_scaling` (3); `benchmarks._train_common` holds what they share. This module
@@ -302,11 +302,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="loss of the 1-vs-8-devices check (asl_adaptive: γ− and Δp move every step)",
     )
     parser.add_argument("--devices", type=int, default=8, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--output",
-        default="BENCHMARKS.md",
-        help="Markdown file whose 'train_step' section is written ('' to only print)",
-    )
+    _timing.add_document_flags(parser, SECTION)
     parser.add_argument(
         "--json",
         default=DEFAULT_JSON,
@@ -400,9 +396,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     markdown = render_markdown(steps, throughput, scaling, info, command)
     if goals(steps):
         print("\n" + goals_table(steps))
-    if args.output:
-        _timing.update_section(args.output, SECTION, markdown)
-        print(f"\nWrote the '{SECTION}' section of {os.path.abspath(args.output)}")
+    output = _timing.document_path(args)
+    if output:
+        _timing.update_section(output, SECTION, markdown)
+        print(f"\nWrote the '{SECTION}' section of {os.path.abspath(output)}")
     if args.json:
         results = {"steps": steps, "throughput": throughput, "scaling": scaling}
         path = _machine.write_results_json(args.json, SECTION, command, info, results)

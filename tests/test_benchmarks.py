@@ -137,3 +137,19 @@ def test_json_output_records_the_machine(tmp_path):
     assert (result["batch"], result["classes"]) == (4, 3)
     assert result["timings"][loss_benchmark.OURS]["median_seconds"] > 0
     assert _machine.machine_info()["versions"]["flax"] is not None
+
+
+@pytest.mark.parametrize("module", ["loss", "train_step", "checkpoint", "models", "input"])
+def test_benchmarks_update_the_document_only_when_asked(module):
+    """A plain ``python -m benchmarks.X`` prints and writes benchmarks/results/*.json: the
+    published sections of BENCHMARKS.md (other machines, other sizes) are left alone."""
+    import importlib
+
+    from benchmarks import _timing
+
+    bench = importlib.import_module(f"benchmarks.{module}")
+    args = bench.parse_args([])
+    assert _timing.document_path(args) == ""
+    assert args.json == f"benchmarks/results/{module}.json"
+    assert _timing.document_path(bench.parse_args(["--update-doc"])) == "BENCHMARKS.md"
+    assert _timing.document_path(bench.parse_args(["--output", "other.md"])) == "other.md"

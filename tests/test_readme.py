@@ -4,6 +4,7 @@ generated from the typed config (every field, with its default, effect and meani
 import contextlib
 import io
 import pathlib
+import re
 
 import pytest
 
@@ -46,3 +47,18 @@ def test_readme_python_block_runs_as_written(line, code):
     """Each block runs on its own, in a fresh namespace, as a user would paste it."""
     with contextlib.redirect_stdout(io.StringIO()):
         exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
+
+
+def test_examples_on_the_quick_start_run_name_no_fixed_step():
+    """runs/default keeps only its last ``max_checkpoints_to_keep`` checkpoints and its best:
+    an example with ``--step=N`` on it fails after the quick start (issue 25)."""
+    sources = {"README.md": README.read_text(encoding="utf-8")}
+    for path in sorted((README.parent / "train").glob("*.py")):
+        sources[f"train/{path.name}"] = path.read_text(encoding="utf-8")
+    fixed = [
+        f"{name}: {line.strip()}"
+        for name, text in sources.items()
+        for line in text.splitlines()
+        if "--workdir=runs/default" in line and re.search(r"--step[= ]\d", line)
+    ]
+    assert not fixed, "\n".join(fixed)

@@ -13,6 +13,7 @@ config key, a malformed value, a missing required flag) with one line on stderr 
 from __future__ import annotations
 
 import difflib
+import logging as std_logging
 import os
 import re
 import sys
@@ -58,8 +59,31 @@ def run(main: Callable[[list[str]], int], define_flags: Callable[[], None]) -> N
             return main(argv)
         except UsageError as e:
             return error(str(e), status=USAGE_EXIT)
+        except BrokenPipeError:  # the reader of stdout went away (``| head -1``)
+            return _stdout_closed()
 
-    app.run(checked_main, flags_parser=parse_flags)
+    try:
+        app.run(checked_main, flags_parser=parse_flags)
+    except BrokenPipeError:  # raised outside main: absl's --help, a flush at exit
+        sys.exit(_stdout_closed())
+
+
+#: The exit status of a command whose stdout was closed by its reader: as if killed by SIGPIPE,
+#: which is what the shell reports for other programs in ``cmd | head -1``.
+BROKEN_PIPE_EXIT = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """Points stdout at /dev/null, so that the interpreter's final flush does not print a second
+    ``BrokenPipeError``; nothing is reported: the reader has read what it wanted."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by an object without a descriptor
+        pass
+    finally:
+        os.close(devnull)
+    return BROKEN_PIPE_EXIT
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -69,7 +93,24 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.UnrecognizedFlagError as e:
         _usage_exit(unknown_flag_message(e.flagname))
     except flags.Error as e:
-        _usage_exit(str(e))
+        _usage_exit(_missing_flag_message(str(e)) or str(e))
+
+
+#: What a required flag is, for the line that says it is missing.
+REQUIRED_FLAGS = {
+    "workdir": "the workdir of a training run",
+    "output": "the file to write (.safetensors or .pth)",
+}
+
+
+def _missing_flag_message(message: str) -> str | None:
+    """``--workdir is required: the workdir of a training run`` for absl's ``flag
+    --workdir=None: Flag --workdir must have a value other than None.``, else None."""
+    match = re.search(r"Flag --(\w+) must have a value other than None", message)
+    if match is None:
+        return None
+    name = match.group(1)
+    return f"--{name} is required" + (f": {REQUIRED_FLAGS[name]}" if name in REQUIRED_FLAGS else "")
 
 
 def _usage_exit(message: str) -> None:
@@ -224,12 +265,41 @@ def typed_config() -> Config:
 
 
 def quiet_logging() -> None:
-    """absl logs at WARNING unless ``--verbosity`` is given.
+    """absl logs at WARNING unless ``--verbosity`` is given; the library's warnings are printed
+    as ``warning: ...`` lines (:func:`warning_lines`).
 
     Orbax logs every checkpoint step at INFO; the console is kept for progress and results.
     """
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    warning_lines()
+
+
+class _WarningLines(std_logging.Handler):
+    """Prints a warning (or worse) as ``warning: message`` on stderr, the format of every other
+    warning of the commands; hands a lower record to the root logger's handlers (absl's)."""
+
+    def emit(self, record: std_logging.LogRecord) -> None:
+        if record.levelno < std_logging.WARNING:
+            std_logging.getLogger().handle(record)
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: logging's own report
+            self.handleError(record)
+            return
+        label = "warning" if record.levelno == std_logging.WARNING else "error"
+        print(f"{label}: {message}", file=sys.stderr, flush=True)
+
+
+def warning_lines(logger: str = "asl_jax") -> None:
+    """The warnings of ``logger`` (the library's: a skipped bad row of a folder dataset, a
+    duplicated image...) as ``warning: ...`` lines instead of absl's ``W1205 07:18:44.578162``
+    format. Idempotent."""
+    target = std_logging.getLogger(logger)
+    if not any(isinstance(h, _WarningLines) for h in target.handlers):
+        target.addHandler(_WarningLines())
+    target.propagate = False
 
 
 def no_positional_args(argv: list[str]) -> None:

@@ -290,6 +290,7 @@ def compare(
     """
     from asl_jax.data import create_source
     from asl_jax.training.loop import train_and_evaluate
+    from asl_jax.training.workdir import WorkdirConfigError
 
     train_fn = train_and_evaluate if train_fn is None else train_fn
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -323,6 +324,12 @@ def compare(
             interrupted = int(signal.SIGINT)
             error = "KeyboardInterrupt: aborted (second Ctrl-C)"
             runs.append(_entry(loss, described, run_dir, "interrupted", error=error))
+            continue
+        except WorkdirConfigError as e:  # a rerun with another setting: one line, nothing lost
+            log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} refused: {e}")
+            runs.append(
+                _entry(loss, described, run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            )
             continue
         except Exception as e:  # one bad run must not cost the others
             log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} FAILED:\n{traceback.format_exc()}")
@@ -370,6 +377,7 @@ def _write_results(
     from asl_jax.training.records import write_json
 
     workdir = result["workdir"]
+    result, records = _with_earlier_runs(result, records, log)
     write_json(os.path.join(workdir, "compare.json"), result)
     with open(os.path.join(workdir, "compare.md"), "w", encoding="utf-8") as f:
         f.write(format_markdown(result))
@@ -377,6 +385,41 @@ def _write_results(
         plot_compare(result["runs"], records, os.path.join(workdir, "plots"))
     except Exception as e:  # plots are a convenience: never lose the results to them
         log(f"warning: could not write plots: {e!r}")
+
+
+def _with_earlier_runs(
+    result: dict[str, Any],
+    records: Mapping[str, list[dict[str, Any]]],
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """This comparison's results merged into the workdir's earlier compare.json: the runs of
+    losses not run this time are kept, and so is an earlier result of a loss whose run was
+    refused (its workdir holds a run with another config, which is still what it reports)."""
+    from asl_jax.training.records import read_json, read_records
+
+    workdir = result["workdir"]
+    path = os.path.join(workdir, "compare.json")
+    if not os.path.exists(path):
+        return result, dict(records)
+    try:
+        earlier = {r["loss"]: r for r in read_json(path)["runs"] if r.get("loss") in RUNS}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log(f"warning: {path} cannot be read ({e}); it is replaced by this comparison's results")
+        return result, dict(records)
+    new = {r["loss"]: r for r in result["runs"]}
+    merged: dict[str, dict[str, Any]] = {}
+    for loss in [*earlier, *(n for n in new if n not in earlier)]:
+        entry = new.get(loss)
+        refused = entry is not None and entry.get("error", "").startswith("WorkdirConfigError")
+        if entry is None or (refused and earlier.get(loss, {}).get("status") != "failed"):
+            entry = earlier[loss]
+        merged[loss] = entry
+    records = dict(records)
+    for loss, entry in merged.items():
+        metrics = os.path.join(workdir, loss, "metrics.jsonl")
+        if entry is not new.get(loss) and loss not in records and os.path.exists(metrics):
+            records[loss] = read_records(metrics)
+    return {**result, "losses": list(merged), "runs": list(merged.values())}, records
 
 
 def _x100(value: float | None) -> str:
@@ -691,8 +734,8 @@ def main(argv: list[str]) -> int:
     try:
         losses = parse_losses(flags.FLAGS.losses)
         seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
-    except ValueError as e:
-        return cli.error(str(e))
+    except ValueError as e:  # an unusable command line
+        return cli.error(str(e), status=cli.USAGE_EXIT)
     base = flags.FLAGS.config
     try:
         # The shared part of the config is checked once, before any run starts (as BCE, which
@@ -715,9 +758,18 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     failed = [r["loss"] for r in result["runs"] if r["status"] == "failed"]
-    return cli.multi_run_status(
-        result, f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)"
-    )
+    refused = [
+        r["loss"] for r in result["runs"] if r.get("error", "").startswith("WorkdirConfigError")
+    ]
+    if refused and len(refused) == len(failed):
+        message = (
+            f"{len(refused)} run(s) refused: {', '.join(refused)} (their workdirs hold runs with "
+            "another config, whose results compare.md keeps: use another --workdir, or rerun "
+            "with the original config)"
+        )
+    else:
+        message = f"{len(failed)} run(s) failed: {', '.join(failed)} (see compare.md)"
+    return cli.multi_run_status(result, message)
 
 
 def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int]) -> int:

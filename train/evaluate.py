@@ -2,7 +2,7 @@
 
     python -m train.evaluate --workdir=runs/default                  # latest checkpoint, val
     python -m train.evaluate --workdir=runs/default --ema --best     # EMA model, best checkpoint
-    python -m train.evaluate --workdir=runs/default --split=train --step=512 --output=train.json
+    python -m train.evaluate --workdir=runs/default --split=train --best --output=train.json
 
 Reads ``WORKDIR/config.json``, rebuilds the data source and the model of the run, restores the
 latest checkpoint (``--step N``: that step's; ``--best``: the step of the best validation mAP in

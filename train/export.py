@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -95,13 +97,13 @@ def export_run(
         "source": layout.source,
         "num_tensors": len(tensors),
     }
-    os.makedirs(os.path.dirname(info["output"]), exist_ok=True)
+    output = info["output"]  # normalised: out/sub/../m.pth is out/m.pth, sub need not exist
     if ext in SAFETENSORS_EXTENSIONS:
         from safetensors.numpy import save_file
 
         metadata = {k: str(v) for k, v in info.items() if k in ("name", "step", "normalization")}
         metadata["classes"] = json.dumps(list(run.class_names))
-        save_file(tensors, output, metadata=metadata)
+        _write_with_default_mode(output, lambda path: save_file(tensors, path, metadata=metadata))
     else:
         try:
             import torch
@@ -109,8 +111,29 @@ def export_run(
             raise RunError(
                 f"--output={output}: writing .pth needs torch; write .safetensors instead"
             ) from None
-        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, output)
+        torch_tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        _write_with_default_mode(output, lambda path: torch.save(torch_tensors, path))
     return info
+
+
+def _write_with_default_mode(output: str, write: Callable[[str], None]) -> None:
+    """``write(path)`` into a temporary file beside ``output``, given the mode a new file gets
+    (0666 less the umask: safetensors creates 0600 files), then renamed to ``output``: a failed
+    write leaves no half-written file and an existing one as it was."""
+    directory = os.path.dirname(output)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def format_export(info: dict[str, Any]) -> str:

@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
         grid = parse_grid(f.grid or [])
         seeds = parse_seeds(f.seeds) if f.seeds else (f.config.seed,)
     except ValueError as e:
-        return cli.error(str(e), status=2)
+        return cli.error(str(e), status=cli.USAGE_EXIT)
     from asl_jax.training.config import ConfigError
     from train.compare import loss_config
 

@@ -25,6 +25,8 @@ Layout (the format of Kaggle's Planet dataset)::
 Before anything trains, **every row is checked** and every problem is reported with its CSV file
 and line: malformed or empty rows, missing files, unreadable or corrupt images, unknown classes.
 ``skip_bad_rows=True`` skips those rows instead and logs how many (``source.skipped``).
+An image listed again with other labels, or in both train.csv and val.csv, is used as written,
+with a warning (``source.duplicates``); listed twice with the same labels, it is used twice.
 
 Decoding: the check decodes every image once (in a thread pool; Pillow releases the GIL while
 decoding, and JPEGs are decoded at reduced scale with ``draft``). When the decoded split fits in
@@ -336,6 +338,54 @@ def _usable_rows(
     return all_problems, skipped, usable
 
 
+#: How many duplicated images a warning names (then a count of the others).
+_NAMED_DUPLICATES = 3
+
+
+def _warn_duplicates(rows: dict[str, list[_Row]], directory: str) -> list[str]:
+    """Warns (and returns the warnings) about an image listed with different labels, within a
+    split or across train and val, and about an image in both splits.
+
+    An image listed twice with the same labels in one split is allowed without a word: it is
+    sampled twice as often, which may be what the CSV's author wanted.
+    """
+    warnings = []
+    for split, split_rows in rows.items():
+        first: dict[str, _Row] = {}
+        conflicts = []
+        for row in split_rows:
+            seen = first.setdefault(row.path, row)
+            if seen is not row and _targets(seen) != _targets(row):
+                conflicts.append(f"{row.image} (lines {seen.line} and {row.line})")
+        if conflicts:
+            warnings.append(
+                f"{CSV_FILES[split]} lists {len(conflicts)} image(s) again with other labels: "
+                f"{_some(conflicts)}; each row is used as written"
+            )
+    train = {row.path: row for row in rows["train"]}
+    shared = [row.image for row in rows["val"] if row.path in train]
+    if shared:
+        shared = list(dict.fromkeys(shared))
+        warnings.append(
+            f"{len(shared)} image(s) are in both train.csv and val.csv: {_some(shared)}; "
+            "the validation metrics are not measured on held-out images"
+        )
+    for warning in warnings:
+        logger.warning("folder %s: %s", directory, warning)
+    return warnings
+
+
+def _targets(row: _Row) -> tuple[frozenset[str], frozenset[str] | None]:
+    negatives = None if row.negatives is None else frozenset(row.negatives)
+    return frozenset(row.labels), negatives
+
+
+def _some(items: list[str]) -> str:
+    named = ", ".join(items[:_NAMED_DUPLICATES])
+    more = len(items) - _NAMED_DUPLICATES
+    return named + (f" and {more} more" if more > 0 else "")
+
+
 class FolderLoader:
     """Decodes the images of given rows of one split (picklable: sent to Grain's workers).
 
@@ -384,6 +434,8 @@ class FolderSource(GrainBatches, IndexedSource):
     Attributes (beyond the protocol):
       skipped: ``{"train": n, "val": m}`` rows skipped (with ``skip_bad_rows``).
       problems: the problems found (``file:line: message``), also when they were skipped.
+      duplicates: the warnings (also logged) about an image listed again with other labels, or
+        in both train.csv and val.csv (one listed twice with the same labels is allowed).
       in_memory: whether the decoded images are kept in memory.
 
     Raises:
@@ -446,6 +498,7 @@ class FolderSource(GrainBatches, IndexedSource):
         self.problems, self.skipped, self._rows = _usable_rows(
             rows, bad, fatal, parse_problems, skip_bad_rows, directory
         )
+        self.duplicates = _warn_duplicates(self._rows, directory)
         if not classes:
             raise FolderDataError(
                 f"folder dataset {directory}: no labels in train.csv, so there are no classes "

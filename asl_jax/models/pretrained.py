@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -342,12 +343,103 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} is not a weights-only PyTorch file (it pickles other objects, which are "
-            f"never loaded: {_first_line(e)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:  # truncated or not a torch.save file at all
+        if "Unsupported global" in str(e):  # a pickle of objects that are never loaded
+            raise ValueError(
+                f"{path} is not a weights-only PyTorch file (it pickles other objects, which "
+                f"are never loaded: {_unsupported_global(e)})"
+            ) from None
         raise ValueError(f"{path} is not a readable PyTorch file ({_first_line(e)})") from None
+    except Exception as e:  # truncated, damaged: torch's unpickler raises what it meets
+        raise ValueError(f"{path} is not a readable PyTorch file ({_first_line(e)})") from None
+
+
+def _unsupported_global(error: Exception) -> str:
+    """``GLOBAL print was not an allowed global...`` -> ``the global print``."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return f"the global {match.group(1)}" if match else _first_line(error)
+
+
+#: How many first bytes of a weights file are read to tell what it is.
+_SNIFFED = 512
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_IMAGE_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF87a": "a GIF image",
+    b"GIF89a": "a GIF image",
+}
+
+
+def _looks_like(path: str, head: bytes, size: int) -> str:
+    """What a file that is not a weights file looks like, from its first bytes."""
+    if head.startswith(_LFS_POINTER):
+        return "a Git LFS pointer, not the weights: fetch the real file with git lfs pull"
+    for magic, kind in _IMAGE_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (the format of torch.save: name it .pth)"
+    if _is_pickle(head):
+        return "a pickle (the format of torch.save: name it .pth)"
+    if _is_safetensors(head, size):
+        return "a safetensors file (name it .safetensors)"
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = head[: e.start].decode("utf-8") if e.start > len(head) - 4 else None
+        if text is not None:
+            start = text.lstrip().lower()
+            if start.startswith(("<!doctype html", "<html")) or "<html" in start:
+                return "an HTML page (a download that returned a web page?)"
+            if start.startswith(("{", "[")) and _is_json(path, size):
+                return "a JSON file"
+            first = (text.strip().splitlines() or [""])[0][:40]
+            return f"a text file (starting {first!r})"
+    return "neither a PyTorch checkpoint nor a safetensors file (unrecognised bytes)"
+
+
+def _is_pickle(head: bytes) -> bool:
+    """torch.save's legacy format: a pickle (protocol 2 and later start with ``\\x80 N``)."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A little-endian header length that fits the file, then the JSON header's ``{``."""
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 0 < length <= size - 8 and head[8:9] == b"{"
+
+
+def _is_json(path: str, size: int) -> bool:
+    import json
+
+    if size > 16 << 20:  # a JSON file that big is not worth parsing to name it
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _refuse_what_is_not_weights(path: str, safetensors: bool) -> None:
+    """Raises a one-line ValueError for a file whose first bytes are not those of its format:
+    torch's unpickler would answer with a traceback (``KeyError: 101`` for a text file)."""
+    kind = "safetensors" if safetensors else "PyTorch"
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"{path} is not a readable {kind} file (the file is empty)")
+    with open(path, "rb") as f:
+        head = f.read(_SNIFFED)
+    if safetensors:
+        if _is_safetensors(head, size):
+            return
+    elif head.startswith(b"PK\x03\x04") or _is_pickle(head):
+        return
+    raise ValueError(f"{path} is not a {kind} file: it looks like {_looks_like(path, head, size)}")
 
 
 def _first_line(error: Exception) -> str:
@@ -368,8 +460,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: an unknown extension, a truncated or corrupt file, a file without tensors, a
-        file that pickles objects.
+      ValueError: an unknown extension, a truncated or corrupt file, a file that is something
+        else (text, JSON, HTML, an image, a Git LFS pointer: the message says which), a file
+        without tensors, a file that pickles objects.
 
     Example:
       >>> sd = load_state_dict("tresnet_m_coco.pth")  # doctest: +SKIP
@@ -383,6 +476,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} not found")
+    _refuse_what_is_not_weights(path, safetensors=ext in SAFETENSORS_EXTENSIONS)
     if ext in SAFETENSORS_EXTENSIONS:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -463,22 +557,95 @@ def resolve_normalization(model_name: str, pretrained: str, normalization: str =
     return _layout(model_name).normalization
 
 
+#: Where each source downloads its weights from, and how long to wait to know it is reachable.
+_DOWNLOAD_HOSTS = {"torchvision": "download.pytorch.org", "timm": "huggingface.co"}
+_REACHABLE_TIMEOUT_S = 3.0
+
+
+def _reachable(host: str, timeout: float = _REACHABLE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (name lookup
+    included: it runs in a thread that is not waited for beyond the timeout)."""
+    import socket
+    import threading
+
+    opened: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
+class _Offline(Exception):
+    """No network, and the weights are not in the package's cache."""
+
+
+def _offline_error(spec: str, kind: str) -> ValueError:
+    return ValueError(
+        f"model.pretrained={spec!r}: {kind} could not provide the weights (no network: "
+        f"{_DOWNLOAD_HOSTS[kind]} cannot be reached, and they are not in its cache); without "
+        "internet access, pass a weights file instead: model.pretrained=/path/to/weights.pth "
+        "(or .safetensors)"
+    )
+
+
+def _torchvision_cached(model_name: str) -> bool:
+    """Whether torchvision's default weights of ``model_name`` are in torch hub's cache."""
+    import torch
+    import torchvision
+
+    try:
+        url = torchvision.models.get_model_weights(model_name).DEFAULT.url
+    except (ValueError, KeyError, AttributeError):  # an unknown name: get_model says it
+        return True
+    name = os.path.basename(url)
+    return os.path.isfile(os.path.join(torch.hub.get_dir(), "checkpoints", name))
+
+
+def _hub_offline() -> None:
+    """Hugging Face Hub's offline mode (``HF_HUB_OFFLINE=1``): the cache only, no retries."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    constants.HF_HUB_OFFLINE = True
+
+
 def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.ndarray]:
-    """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package."""
+    """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package.
+
+    Without network (the download host unreachable within seconds), the package's cache is used
+    (Hugging Face's offline mode for timm: no retries) or the error is one line at once.
+    """
     _without_triton()
+    online = None if os.environ.get("HF_HUB_OFFLINE") else _reachable(_DOWNLOAD_HOSTS[kind])
     try:
         if kind == "torchvision":
             import torchvision
 
+            if online is False and not _torchvision_cached(model_name):
+                raise _Offline
             model = torchvision.models.get_model(model_name, weights="DEFAULT")
         else:
             import timm
 
+            if online is False:
+                _hub_offline()
             model = timm.create_model(model_name, pretrained=True)
     except ImportError as e:
         raise ValueError(f"model.pretrained={spec!r} needs {e.name} ({_TORCH_EXTRA})") from None
     except Exception as e:  # no network, unknown model name, corrupt cache...
         first = (str(e).strip().splitlines() or [""])[0]
+        if isinstance(e, _Offline) or online is False:
+            raise _offline_error(spec, kind) from None
         raise ValueError(
             f"model.pretrained={spec!r}: {kind} could not provide the weights "
             f"({type(e).__name__}: {first}); without internet access, pass a weights file "

@@ -361,3 +361,25 @@ def test_unknown_labels_get_exactly_zero_gradient_and_are_counted(tmp_path):
         "val": int((src.labels("val") < 0).sum()),
     }
     assert result.summary["status"] == "completed" and result.summary["num_skipped"] == 0
+
+
+def test_images_listed_twice_with_other_labels_or_in_both_splits_are_warned(tmp_path, caplog):
+    train = [*GOOD_TRAIN, "img/green.png,green", "img/grey.png,red", "./img/grey.png,grey"]
+    path = _dataset(tmp_path, train, ["img/grey.jpg,grey", "img/red.jpg,warm"])
+    with caplog.at_level(logging.WARNING, logger="asl_jax.data.folder"):
+        src = FolderSource(path, image_size=8)
+    assert src.num_examples("train") == 8  # every row used as written
+    conflict, shared = src.duplicates
+    assert conflict == (
+        "train.csv lists 1 image(s) again with other labels: img/grey.png (lines 4 and 8); each "
+        "row is used as written"
+    )  # green.png twice with the same labels: allowed without a word; ./img/grey.png = line 4
+    assert shared.startswith("1 image(s) are in both train.csv and val.csv: img/red.jpg;")
+    assert conflict in caplog.text and shared in caplog.text
+
+    caplog.clear()
+    (tmp_path / "clean").mkdir()
+    path = _dataset(tmp_path / "clean", [*GOOD_TRAIN, "img/green.png,green"], ["img/grey.jpg,grey"])
+    with caplog.at_level(logging.WARNING, logger="asl_jax.data.folder"):
+        assert FolderSource(path, image_size=8).duplicates == []
+    assert caplog.text == ""

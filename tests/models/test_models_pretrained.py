@@ -351,8 +351,8 @@ def test_train_mode_batch_norm_equals_torchvision(name):
 
 
 def test_to_torch_loads_strict_into_torchvision_with_the_same_logits():
-    import torch
-    import torchvision
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
 
     source = _torchvision("resnet18")
     variables = from_torch("resnet18", source.state_dict(), num_classes=NUM_CLASSES)
@@ -521,3 +521,116 @@ def test_timm_weights_load_through_from_torch(name, timm_name, size):
     assert "re-initialised" in note
     head = [k for k in fresh["params"] if k.startswith("head")]
     assert head and all(x.shape[-1] == 3 for k in head for x in jax.tree.leaves(fresh["params"][k]))
+
+
+# ---------------------------------------------------------------- files that are not weights --
+
+_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00"
+_LFS = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4c9a2f6f0c3b1e8f1b7e0d0c9a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3\n"
+    b"size 102530333\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "looks_like"),
+    [
+        (b"hello world\nthese are not weights\n", "a text file (starting 'hello world')"),
+        (b'{"fc.weight": [1, 2, 3]}\n', "a JSON file"),
+        (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n", "an HTML page"),
+        (_PNG, "a PNG image"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01", "a JPEG image"),
+        (_LFS, "a Git LFS pointer, not the weights: fetch the real file with git lfs pull"),
+        (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "neither a "),
+    ],
+    ids=["text", "json", "html", "png", "jpeg", "lfs", "random"],
+)
+@pytest.mark.parametrize("extension", [".pth", ".safetensors"])
+def test_files_that_are_not_weights_say_what_they_look_like(
+    tmp_path, content, looks_like, extension
+):
+    """Sniffed before torch or safetensors read them: one line, without torch installed too."""
+    path = tmp_path / f"w{extension}"
+    path.write_bytes(content)
+    kind = "safetensors" if extension == ".safetensors" else "PyTorch"
+    with pytest.raises(ValueError) as info:
+        load_state_dict(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a {kind} file: it looks like {looks_like}")
+    assert "\n" not in message and len(message) < 300
+    assert "pickles other objects" not in message
+
+
+def test_every_first_byte_gives_one_line(tmp_path):
+    """A text-like file after any first byte: never torch's KeyError / IndexError traceback."""
+    for first in range(256):
+        path = tmp_path / f"{first}.pth"
+        path.write_bytes(bytes([first]) + b"not weights: a plain line of text\n" * 4)
+        with pytest.raises(ValueError) as info:
+            load_state_dict(path)
+        assert "\n" not in str(info.value), first
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("pickle.pth", b"\x80\x02" + b"not a pickle at all, KeyError bait e" * 8, "PyTorch file ("),
+        ("zip.pth", b"PK\x03\x04" + bytes(64), "is not a readable PyTorch file ("),
+    ],
+)
+def test_damaged_torch_files_are_refused_in_one_line(tmp_path, name, content, message):
+    """What passes the sniffing (a pickle or zip header) but torch cannot read."""
+    pytest.importorskip("torch")
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_state_dict(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert "pickles other objects" not in str(info.value)
+
+
+def test_weights_in_the_other_format_are_named(tmp_path, resnet18_state_dict):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "r18.pth"
+    save_file({"fc.weight": resnet18_state_dict["fc.weight"]}, str(path))
+    with pytest.raises(ValueError, match=re.escape("a safetensors file (name it .safetensors)")):
+        load_state_dict(path)
+
+
+@pytest.mark.parametrize("source", ["torchvision", "timm"])
+def test_no_network_fails_fast_and_quietly(tmp_path, monkeypatch, capfd, source):
+    """Offline, without the weights in the cache: one line at once, with no download attempt
+    (torchvision's ``Downloading`` line) and no Hugging Face retries."""
+    import time
+
+    import asl_jax.models.pretrained as pretrained
+
+    pytest.importorskip(source)
+    import torch
+
+    monkeypatch.setattr(pretrained, "_reachable", lambda host, timeout=3.0: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")  # restored after the test: the code sets it
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    if source == "torchvision":
+        import torchvision
+
+        def download(*args, **kwargs):
+            raise AssertionError("no download is tried without network")
+
+        monkeypatch.setattr(torchvision.models, "get_model", download)
+    else:
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    spec = f"{source}:resnet50" + (".a1_in1k" if source == "timm" else "")
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        load_pretrained("resnet50", spec, num_classes=3, rng=jax.random.key(0))
+    assert time.perf_counter() - start < 15
+    message = str(info.value)
+    assert message.startswith(f"model.pretrained={spec!r}: {source} could not provide the weights")
+    assert "(no network:" in message and "\n" not in message
+    assert "Downloading" not in capfd.readouterr().err

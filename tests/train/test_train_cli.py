@@ -77,3 +77,74 @@ def test_known_config_keys_and_a_missing_config_file():
 def test_did_you_mean():
     assert did_you_mean("stepp", ["step", "best"], prefix="--") == "did you mean --step?"
     assert did_you_mean("zzz", ["step", "best"]) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train.compare", "--losses=bce,asll"), "error: --losses='bce,asll': expected a comma"),
+        (("train.compare", "--seeds=0,x"), "error: --seeds='0,x': expected comma-separated"),
+        (
+            ("train.sweep", "--grid=loss.gamma_neg=1,2", "--seeds=1,1"),
+            "error: --seeds='1,1': expected distinct",
+        ),
+        (("train.sweep", "--grid=seed"), "error: --grid='seed'"),
+        (("train.evaluate",), "error: --workdir is required: the workdir of a training run\n"),
+        (("train.predict", "x.jpg"), "error: --workdir is required: the workdir of a training"),
+        (("train.export", "--output=m.pth"), "error: --workdir is required: the workdir of a"),
+    ],
+)
+def test_unusable_command_lines_exit_2_with_one_line(args, message):
+    from tests.train.conftest import run_module
+
+    proc = run_module(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_closed_stdout_ends_a_command_quietly():
+    """``train.evaluate ... | head -1``: no BrokenPipeError traceback, for every command (they
+    all start with :func:`train.cli.run`)."""
+    import subprocess
+    import sys
+
+    from tests.train.conftest import REPO, env
+
+    script = (
+        "from train import cli\n"
+        "def main(argv):\n"
+        "    for i in range(100000):\n"
+        "        print(f'line {i}', flush=True)\n"
+        "    return 0\n"
+        "cli.run(main, lambda: None)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert stderr == ""
+
+
+def test_library_warnings_are_warning_lines(capsys):
+    """A folder dataset's skipped rows: ``warning: ...`` like every other warning, not absl's
+    ``W1205 07:18:44.578162 ...`` format."""
+    import logging
+
+    from train.cli import warning_lines
+
+    logger = logging.getLogger("asl_jax.data.folder")
+    saved = logging.getLogger("asl_jax").handlers[:], logging.getLogger("asl_jax").propagate
+    try:
+        warning_lines()
+        warning_lines()  # idempotent: one line per warning
+        logger.warning("folder %s: skipped %d bad rows", "/data", 2)
+    finally:
+        logging.getLogger("asl_jax").handlers[:], logging.getLogger("asl_jax").propagate = saved
+    assert capsys.readouterr().err == "warning: folder /data: skipped 2 bad rows\n"

@@ -259,3 +259,40 @@ def test_setup_line_states_the_batch_size_the_runs_used(used, expected):
     config["batch_size"] = 64
     runs = [{"batch_size": b} for b in used]
     assert expected in compare._setup_line(config, runs)
+
+
+def test_a_rerun_with_another_setting_is_one_line_and_keeps_the_earlier_results(
+    comparison, tmp_path
+):
+    """Issue 25: rerunning in the same workdir with a changed setting refuses the run in one
+    line (no traceback), and compare.json / compare.md keep the earlier runs."""
+    from asl_jax.training.workdir import WorkdirConfigError
+
+    workdir = str(tmp_path / "runs")
+    shutil.copytree(comparison.workdir, workdir)
+    earlier = json.load(open(os.path.join(workdir, "compare.json")))["runs"]
+    logged = []
+
+    def train_fn(config, run_dir, **kwargs):
+        raise WorkdirConfigError(f"{run_dir} holds checkpoints of a run with a different config")
+
+    result = compare.compare(
+        comparison.config(),
+        workdir,
+        ("bce",),
+        command="python -m train.compare --losses=bce --config.learning_rate=0.5",
+        train_fn=train_fn,
+        handle_signals=False,
+        log=logged.append,
+    )
+    assert result["status"] == "failed"
+    assert logged[-1].endswith(
+        "refused: " + f"{workdir}/bce holds checkpoints of a run with a different config"
+    )
+    assert not any("Traceback" in line for line in logged)
+    written = json.load(open(os.path.join(workdir, "compare.json")))
+    assert written["losses"] == ["bce", "asl_adaptive"]
+    assert written["runs"] == earlier  # the refused BCE run still reports the earlier result
+    md = open(os.path.join(workdir, "compare.md")).read()
+    assert "| BCE |" in md and "| ASL + adaptive γ− |" in md
+    assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["delta_p.png", "map.png"]

@@ -9,6 +9,7 @@ problem. Skipped without torchvision.
 
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -197,3 +198,38 @@ def test_export_refuses_an_unknown_format_before_opening_the_run(tmp_path):
 
     with pytest.raises(RunError, match=r"--output=m\.onnx: expected a \.safetensors, \.pth or"):
         export_workdir(tmp_path / "no_run", "m.onnx")
+
+
+@pytest.mark.parametrize("extension", [".safetensors", ".pth"])
+def test_export_writes_the_normalised_path_with_the_default_mode(tmp_path, monkeypatch, extension):
+    """``--output=out/sub/../m.safetensors`` with ``sub`` missing is ``out/m.safetensors``, and
+    the file gets 0666 less the umask (safetensors alone creates 0600 files)."""
+    import types
+
+    import asl_jax.models.pretrained as pretrained
+    from train.export import export_run
+
+    if extension == ".pth":
+        pytest.importorskip("torch")
+    weights = {"fc.weight": np.ones((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}
+    monkeypatch.setattr(pretrained, "to_torch", lambda name, variables: weights)
+    run = types.SimpleNamespace(
+        config=types.SimpleNamespace(
+            model=types.SimpleNamespace(name="resnet18", normalization="imagenet")
+        ),
+        state=types.SimpleNamespace(params={}, batch_stats={}),
+        workdir=str(tmp_path / "run"),
+        step=7,
+        class_names=("a", "b", "c"),
+    )
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o027)
+    try:
+        info = export_run(run, os.path.join("out", "sub", "..", f"m{extension}"))
+    finally:
+        os.umask(old)
+    written = tmp_path / "out" / f"m{extension}"
+    assert info["output"] == str(written)
+    assert sorted(os.listdir(tmp_path / "out")) == [f"m{extension}"]  # no sub/, no temporary
+    assert stat.S_IMODE(written.stat().st_mode) == 0o640
+    assert set(pretrained.load_state_dict(written)) == set(weights)
