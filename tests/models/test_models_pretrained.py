@@ -607,15 +607,15 @@ def test_no_network_fails_fast_and_quietly(tmp_path, monkeypatch, capfd, source)
 
     import asl_jax.models.pretrained as pretrained
 
-    pytest.importorskip(source)
-    import torch
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("timm" if source == "timm" else "torchvision")
 
     monkeypatch.setattr(pretrained, "_reachable", lambda host, timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "")  # restored after the test: the code sets it
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     if source == "torchvision":
-        import torchvision
+        torchvision = pytest.importorskip("torchvision")
 
         def download(*args, **kwargs):
             raise AssertionError("no download is tried without network")
