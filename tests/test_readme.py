@@ -18,7 +18,10 @@ def test_readme_config_reference_is_the_generated_table():
     every field, its default, what a change does and its meaning, as declared."""
     section = README.read_text(encoding="utf-8").split("## Config reference", 1)[1]
     section = section.split("\n## ", 1)[0]
-    assert config_table() in section
+    assert config_table() in section, (
+        "README.md's config table differs from the config's declarations: replace it with the "
+        "output of `python -m asl_jax.training.config`"
+    )
 
 
 def _python_blocks():

@@ -14,6 +14,12 @@ model, schedule and config overrides (the ``--config`` / ``--config.*`` flags of
 | ``focal``        | focal loss, γ+ = γ− = ``loss.focal_gamma``, no margin (``loss.name=focal``) |
 | ``asl``          | ASL with ``loss.gamma_pos``, ``loss.gamma_neg``, ``loss.clip`` |
 | ``asl_adaptive`` | the same ASL with ``loss.adaptive=True`` (γ− starts at ``loss.gamma_neg``) |
+| ``focal_margin`` | focal loss with the logit margin ``loss.margin`` on the positives |
+| ``hill``         | Hill: focal margin positives, ``(loss.hill_lambda − p)·p²`` negatives |
+| ``splc``         | focal margin with SPLC's label correction (``loss.splc_tau`` after ``loss.splc_warmup_epochs``) |
+
+The first four (the paper's comparison) run by default; the losses for missing labels
+(``focal_margin``, ``hill``, ``splc``: Zhang et al., 2021) when named.
 
 The runs go one after another, each in its own workdir ``WORKDIR/<loss>/`` (a complete
 ``python -m train`` workdir: evaluate or predict with it). Results in ``WORKDIR``:
@@ -63,8 +69,8 @@ from asl_jax.training.config import Config, ConfigError, validate_config
 from asl_jax.training.loss_registry import LOSSES, LossConfig, used_fields
 from train.summary import percent
 
-#: The runs of a comparison, in the order of the paper's comparison: every registered loss, and
-#: each adaptive one with the adaptive γ− rule; per run, its ``loss.name`` and ``loss.adaptive``.
+#: The runs a comparison can make: every registered loss, and each adaptive one with the
+#: adaptive γ− rule; per run, its ``loss.name`` and ``loss.adaptive``.
 RUNS: dict[str, dict[str, Any]] = {
     **{name: {"name": name, "adaptive": False} for name in LOSSES},
     **{
@@ -82,7 +88,9 @@ LABELS = {
     run: LOSSES[loss["name"]].label + (" + adaptive γ−" if loss["adaptive"] else "")
     for run, loss in RUNS.items()
 }
-DEFAULT_LOSSES = tuple(RUNS)
+#: The runs of ``--losses``' default: the paper's comparison (the losses the registry marks
+#: ``compared``), in its order; the losses for missing labels are run when named.
+DEFAULT_LOSSES = tuple(run for run, loss in RUNS.items() if LOSSES[loss["name"]].compared)
 #: Δp is reported as its mean over the train records of the last fraction of the steps: the
 #: value of a single logged batch is noisy (±0.03 at batch 64).
 DELTA_P_TAIL = 0.1
@@ -794,7 +802,7 @@ def _define_flags() -> None:
     cli.define_config_flag()
     flags.DEFINE_string("workdir", "runs/compare", "Where the runs and the results go.")
     flags.DEFINE_string(
-        "losses", ",".join(DEFAULT_LOSSES), f"Comma-separated losses among {', '.join(LOSSES)}."
+        "losses", ",".join(DEFAULT_LOSSES), f"Comma-separated losses among {', '.join(RUNS)}."
     )
     flags.DEFINE_string(
         "seeds",

@@ -2,7 +2,8 @@
 
 Every consumer reads this registry: the train step (:func:`asl_jax.training.step.elementwise_loss`),
 the config check (``loss.name``), ``train.compare`` (which runs can be reused, table labels,
-settings) and the benchmarks. A new loss is one :class:`LossSpec` added to :data:`LOSSES`.
+settings, the default comparison) and the benchmarks. A new loss is one :class:`LossSpec` added
+to :data:`LOSSES` (and its hyper-parameters, fields of :class:`LossConfig`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from asl_jax.adaptive import DEFAULT_MAX_GAMMA_NEG, DEFAULT_STEP_SIZE, DEFAULT_TARGET
@@ -25,7 +28,8 @@ from asl_jax.config_fields import (
     option,
     positive,
 )
-from asl_jax.losses import REDUCTIONS
+from asl_jax.losses import REDUCTIONS, asymmetric_loss
+from asl_jax.missing_labels import focal_margin_loss, hill_loss, splc_labels
 
 #: ``loss.*`` fields every loss reads.
 COMMON_FIELDS = frozenset({"name", "adaptive", "reduction", "class_weights", "pos_weight"})
@@ -35,62 +39,129 @@ ADAPTIVE_FIELDS = frozenset(
 )
 
 
+#: ``(logits, labels, loss_config, gamma_neg, epoch) -> element-wise loss``: ``gamma_neg`` is the
+#: value carried in the train state (adaptive or constant), ``epoch`` the training progress in
+#: epochs (a traced scalar in the train step; None outside training).
+ElementwiseLoss = Callable[[jax.Array, jax.Array, Any, Any, Any], jax.Array]
+
+
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """One training loss, computed by :func:`asl_jax.asymmetric_loss` with some parameters.
+    """One training loss.
 
     Attributes:
       name: the value of ``loss.name``.
       label: how tables name it.
       fields: the ``loss.*`` fields it reads besides :data:`COMMON_FIELDS`.
-      parameters: ``(loss_config, gamma_neg) -> keyword arguments of asymmetric_loss``;
-        ``gamma_neg`` is the value carried in the train state (adaptive or constant).
+      elementwise: the element-wise loss (:data:`ElementwiseLoss`).
+      applied_gamma_neg: ``(loss_config, gamma_neg) -> the γ− the loss applies`` (reported in
+        the train records and the summary; 0 for a loss without negative focusing).
       describe: ``loss_config -> short text of its settings`` for tables.
       adaptive: whether the adaptive γ− rule applies to it.
+      compared: whether ``train.compare`` runs it by default (the paper's comparison).
+      reads_epoch: whether it reads the training progress (``epoch`` of ``elementwise``).
     """
 
     name: str
     label: str
     fields: frozenset[str]
-    parameters: Callable[[Any, Any], Mapping[str, Any]]
+    elementwise: ElementwiseLoss
+    applied_gamma_neg: Callable[[Any, Any], Any]
     describe: Callable[[Any], str]
     adaptive: bool = False
+    compared: bool = True
+    reads_epoch: bool = False
+
+
+def _asl_spec(parameters: Callable[[Any, Any], Mapping[str, Any]], **kwargs: Any) -> LossSpec:
+    """A loss computed by :func:`asl_jax.asymmetric_loss` with ``parameters(loss, gamma_neg)``."""
+    return LossSpec(
+        elementwise=lambda z, y, loss, gamma_neg, epoch: asymmetric_loss(
+            z, y, **parameters(loss, gamma_neg)
+        ),
+        applied_gamma_neg=lambda loss, gamma_neg: parameters(loss, gamma_neg)["gamma_neg"],
+        **kwargs,
+    )
+
+
+def _splc(z: jax.Array, y: jax.Array, loss: Any, gamma_neg: Any, epoch: Any) -> jax.Array:
+    # The correction starts after the warm-up; outside training (no epoch) it is off.
+    active = False if epoch is None else jnp.asarray(epoch) >= loss.splc_warmup_epochs
+    corrected = splc_labels(z, y, tau=loss.splc_tau, active=active)
+    return focal_margin_loss(z, corrected, margin=loss.margin, gamma=loss.focal_gamma)
 
 
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in (
-        LossSpec(
+        _asl_spec(
+            lambda loss, gamma_neg: {"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.0},
             name="bce",
             label="BCE",
             fields=frozenset(),
-            parameters=lambda loss, gamma_neg: {"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.0},
             describe=lambda loss: "—",
         ),
-        LossSpec(
-            name="focal",
-            label="focal",
-            fields=frozenset({"focal_gamma", "detach_focal_weight"}),
-            parameters=lambda loss, gamma_neg: {
+        _asl_spec(
+            lambda loss, gamma_neg: {
                 "gamma_pos": loss.focal_gamma,
                 "gamma_neg": loss.focal_gamma,
                 "clip": 0.0,
                 "detach_focal_weight": loss.detach_focal_weight,
             },
+            name="focal",
+            label="focal",
+            fields=frozenset({"focal_gamma", "detach_focal_weight"}),
             describe=lambda loss: f"γ={loss.focal_gamma:g}",
         ),
-        LossSpec(
-            name="asl",
-            label="ASL",
-            fields=frozenset({"gamma_pos", "gamma_neg", "clip", "detach_focal_weight"}),
-            parameters=lambda loss, gamma_neg: {
+        _asl_spec(
+            lambda loss, gamma_neg: {
                 "gamma_pos": loss.gamma_pos,
                 "gamma_neg": gamma_neg,
                 "clip": loss.clip,
                 "detach_focal_weight": loss.detach_focal_weight,
             },
+            name="asl",
+            label="ASL",
+            fields=frozenset({"gamma_pos", "gamma_neg", "clip", "detach_focal_weight"}),
             describe=lambda loss: f"γ+={loss.gamma_pos:g}, γ−={loss.gamma_neg:g}, m={loss.clip:g}",
             adaptive=True,
+        ),
+        LossSpec(
+            name="focal_margin",
+            label="focal margin",
+            fields=frozenset({"focal_gamma", "margin"}),
+            elementwise=lambda z, y, loss, gamma_neg, epoch: focal_margin_loss(
+                z, y, margin=loss.margin, gamma=loss.focal_gamma
+            ),
+            applied_gamma_neg=lambda loss, gamma_neg: loss.focal_gamma,
+            describe=lambda loss: f"γ={loss.focal_gamma:g}, margin {loss.margin:g}",
+            compared=False,
+        ),
+        LossSpec(
+            name="hill",
+            label="Hill",
+            fields=frozenset({"focal_gamma", "margin", "hill_lambda"}),
+            elementwise=lambda z, y, loss, gamma_neg, epoch: hill_loss(
+                z, y, margin=loss.margin, gamma=loss.focal_gamma, hill_lambda=loss.hill_lambda
+            ),
+            applied_gamma_neg=lambda loss, gamma_neg: 0.0,
+            describe=lambda loss: (
+                f"γ+={loss.focal_gamma:g}, margin {loss.margin:g}, λ={loss.hill_lambda:g}"
+            ),
+            compared=False,
+        ),
+        LossSpec(
+            name="splc",
+            label="SPLC",
+            fields=frozenset({"focal_gamma", "margin", "splc_tau", "splc_warmup_epochs"}),
+            elementwise=_splc,
+            reads_epoch=True,
+            applied_gamma_neg=lambda loss, gamma_neg: loss.focal_gamma,
+            describe=lambda loss: (
+                f"γ={loss.focal_gamma:g}, margin {loss.margin:g}, τ={loss.splc_tau:g} after "
+                f"{loss.splc_warmup_epochs:g} epoch(s)"
+            ),
+            compared=False,
         ),
     )
 }
@@ -165,6 +236,9 @@ class LossConfig(ConfigBlock):
     - ``focal``: γ+ = γ− = ``focal_gamma`` and no margin (focal loss without α).
     - ``asl``: γ+ = ``gamma_pos``, γ− = ``gamma_neg`` (or the adaptive value carried in the
       state when ``adaptive``), margin ``clip``.
+    - ``focal_margin``, ``hill``, ``splc``: the losses for missing labels of
+      :mod:`asl_jax.missing_labels` with ``focal_gamma``, ``margin``, ``hill_lambda``,
+      ``splc_tau`` and ``splc_warmup_epochs``.
 
     ``reduction`` ``batchmean`` (sum / batch size) keeps logged losses and ``grad_clip_norm``
     independent of the batch size; Adam is invariant to the loss's scale either way. The adaptive
@@ -175,7 +249,7 @@ class LossConfig(ConfigBlock):
     PREFIX: ClassVar[str] = "loss"
 
     name: str = option(
-        "asl", "bce, focal or asl", effect=PROGRAM, check=one_of(lambda: tuple(LOSSES))
+        "asl", ", ".join(LOSSES), effect=PROGRAM, check=one_of(lambda: tuple(LOSSES))
     )
     gamma_pos: float = option(0.0, "γ+ of ASL", effect=PROGRAM, check=non_negative())
     gamma_neg: float = option(
@@ -183,7 +257,8 @@ class LossConfig(ConfigBlock):
     )
     focal_gamma: float = option(
         2.0,
-        "γ of the focal loss (γ+ = γ− = focal_gamma, no margin)",
+        "γ of the focal loss (γ+ = γ− = focal_gamma, no margin), and of focal margin, Hill "
+        "(its positives) and SPLC",
         effect=PROGRAM,
         check=non_negative(),
     )
@@ -225,6 +300,29 @@ class LossConfig(ConfigBlock):
     adaptive_max_gamma_neg: float = option(
         DEFAULT_MAX_GAMMA_NEG,
         "upper bound of the adaptive γ−",
+        effect=PROGRAM,
+        check=non_negative(),
+    )
+    # The losses for missing labels of Zhang et al. (asl_jax.missing_labels), with their
+    # paper's defaults.
+    margin: float = option(
+        1.0,
+        "logit margin of the positives of focal margin, Hill and SPLC",
+        effect=PROGRAM,
+        check=non_negative(),
+    )
+    hill_lambda: float = option(
+        1.5, "λ of Hill's negatives, (λ − p)·p²", effect=PROGRAM, check=non_negative()
+    )
+    splc_tau: float = option(
+        0.6,
+        "SPLC: a negative above this probability is taken as a positive",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0),
+    )
+    splc_warmup_epochs: float = option(
+        1.0,
+        "SPLC: epochs before the label correction starts",
         effect=PROGRAM,
         check=non_negative(),
     )

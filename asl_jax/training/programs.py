@@ -40,10 +40,22 @@ _PROGRAMS: dict[Any, Programs] = {}
 
 
 def build_programs(
-    config: Config, *, num_classes: int, image_size: int, total_steps: int, mesh: jax.sharding.Mesh
+    config: Config,
+    *,
+    num_classes: int,
+    image_size: int,
+    total_steps: int,
+    mesh: jax.sharding.Mesh,
+    steps_per_epoch: int | None = None,
 ) -> Programs:
-    """Model, optimizer and the jitted init / train / eval steps for ``config`` on ``mesh``."""
-    key = (program_key(config), num_classes, image_size, total_steps, mesh)
+    """Model, optimizer and the jitted init / train / eval steps for ``config`` on ``mesh``.
+
+    ``steps_per_epoch`` reaches the losses that read the training progress in epochs (SPLC);
+    for the others it is left out, so that training and evaluation share their programs.
+    """
+    if not config.loss.spec.reads_epoch:
+        steps_per_epoch = None
+    key = (program_key(config), num_classes, image_size, total_steps, mesh, steps_per_epoch)
     if key in _PROGRAMS:
         return _PROGRAMS[key]
     model = create_model(
@@ -86,6 +98,7 @@ def build_programs(
             augment=config.augment,
             ema_decay=config.ema_decay,
             schedule=schedule,
+            steps_per_epoch=steps_per_epoch,
         ),
         mesh,
     )

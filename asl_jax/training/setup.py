@@ -132,6 +132,7 @@ def start_run(
         image_size=source.image_size,
         total_steps=total_steps,
         mesh=mesh,
+        steps_per_epoch=epoch_steps,
     )
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(

@@ -17,17 +17,25 @@ import optax
 
 from asl_jax.adaptive import probability_stats, update_gamma_neg
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
-from asl_jax.losses import asymmetric_loss, known_labels_mask, reduce_loss
+from asl_jax.losses import known_labels_mask, reduce_loss
 from asl_jax.training.loss_registry import INVERSE_FREQUENCY, LossConfig, parse_class_weights
 from asl_jax.training.state import TrainState
 
 
 def elementwise_loss(
-    logits: jax.Array, labels: jax.Array, loss: LossConfig, gamma_neg: jax.Array | float
+    logits: jax.Array,
+    labels: jax.Array,
+    loss: LossConfig,
+    gamma_neg: jax.Array | float,
+    *,
+    epoch: jax.Array | float | None = None,
 ) -> jax.Array:
-    """The configured element-wise loss (see :class:`LossConfig` and the loss registry)."""
-    parameters = loss.spec.parameters(loss, gamma_neg)
-    value = asymmetric_loss(logits, labels, **parameters)
+    """The configured element-wise loss (see :class:`LossConfig` and the loss registry).
+
+    ``epoch`` is the training progress in epochs (the train step passes ``step / steps per
+    epoch``; losses with a schedule, SPLC, read it); None outside training.
+    """
+    value = loss.spec.elementwise(logits, labels, loss, gamma_neg, epoch)
     weights = element_weights(loss, labels)
     return value if weights is None else value * weights
 
@@ -59,7 +67,7 @@ def element_weights(loss: LossConfig, labels: jax.Array) -> jax.Array | None:
 
 def effective_gamma_neg(loss: LossConfig, gamma_neg: jax.Array | float) -> jax.Array | float:
     """The γ− the configured loss actually applies (0 for BCE, ``focal_gamma`` for focal)."""
-    return loss.spec.parameters(loss, gamma_neg)["gamma_neg"]
+    return loss.spec.applied_gamma_neg(loss, gamma_neg)
 
 
 def ema_decay_at(decay: float, num_updates: jax.Array) -> jax.Array:
@@ -99,10 +107,12 @@ def loss_and_logits(
     *,
     loss: LossConfig,
     gamma_neg: jax.Array | float,
+    epoch: jax.Array | float | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, Any]]:
     """The forward pass in training mode and the reduced loss: ``(loss, (logits, batch_stats))``.
 
-    The function the train step differentiates with respect to ``params``.
+    The function the train step differentiates with respect to ``params``; ``epoch`` as in
+    :func:`elementwise_loss`.
     """
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats},
@@ -112,7 +122,7 @@ def loss_and_logits(
     )
     logits = logits.astype(jnp.float32)
     value = reduce_loss(
-        elementwise_loss(logits, labels, loss, gamma_neg), loss.reduction, where=where
+        elementwise_loss(logits, labels, loss, gamma_neg, epoch=epoch), loss.reduction, where=where
     )
     # Models without batch norm (ViT) have no statistics to update.
     return value, (logits, updates.get("batch_stats", state.batch_stats))
@@ -153,6 +163,7 @@ def train_step(
     augment: AugmentConfig,
     ema_decay: float,
     schedule: optax.Schedule | None = None,
+    steps_per_epoch: int | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step (pure; ``jit`` it with the keyword arguments bound).
 
@@ -166,6 +177,8 @@ def train_step(
       ema_decay: EMA decay (``ema_decay`` of the config; with the warm-up of
         :func:`ema_decay_at`).
       schedule: learning-rate schedule, only used to report ``lr``.
+      steps_per_epoch: steps in one epoch, for losses with a schedule in epochs (SPLC's
+        warm-up); None: they see no epoch (SPLC never corrects).
 
     Returns:
       ``(new_state, metrics)``; metrics are float32 scalars: ``loss``, ``delta_p``, ``pos_mean``,
@@ -179,8 +192,12 @@ def train_step(
     # A LossConfig is adaptive only for a loss whose registry entry allows it (its check).
     gamma_neg = state.gamma_neg if loss.adaptive else loss.gamma_neg
 
+    epoch = None if steps_per_epoch is None else state.step / steps_per_epoch
+
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        return loss_and_logits(params, state, images, labels, where, loss=loss, gamma_neg=gamma_neg)
+        return loss_and_logits(
+            params, state, images, labels, where, loss=loss, gamma_neg=gamma_neg, epoch=epoch
+        )
 
     (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     stats = probability_stats(jax.lax.stop_gradient(logits), labels, where=where)

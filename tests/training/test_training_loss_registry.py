@@ -18,7 +18,16 @@ from asl_jax.training.loss_registry import (
 from asl_jax.training.step import elementwise_loss
 
 LOSS_FIELDS = [f.name for f in dataclasses.fields(LossConfig) if f.name not in COMMON_FIELDS]
-PERTURBED = {"gamma_pos": 1.0, "gamma_neg": 2.0, "focal_gamma": 3.0, "clip": 0.2}
+PERTURBED = {
+    "gamma_pos": 1.0,
+    "gamma_neg": 2.0,
+    "focal_gamma": 3.0,
+    "clip": 0.2,
+    "splc_tau": 0.9,
+}
+#: The training progress the losses see: after one warm-up epoch (SPLC corrects), before a
+#: perturbed one.
+EPOCH = 1.5
 
 
 def _value_and_grad(loss):
@@ -26,7 +35,7 @@ def _value_and_grad(loss):
     labels = (jnp.arange(24).reshape(4, 6) % 3 == 0).astype(jnp.float32)
 
     def total(z):
-        return elementwise_loss(z, labels, loss, loss.gamma_neg).sum()
+        return elementwise_loss(z, labels, loss, loss.gamma_neg, epoch=EPOCH).sum()
 
     value, grad = jax.value_and_grad(total)(logits)
     return np.concatenate([np.ravel(value), np.ravel(grad)])
@@ -106,3 +115,49 @@ def test_inverse_frequency_is_resolved_and_recorded_when_a_run_starts(tmp_path):
     config = Config(loss=LossConfig(class_weights="1,2,3"))
     with pytest.raises(ConfigError, match=r"has 3 weights; data\.name='shapes' has 2 classes"):
         _resolve_class_weights(config, source)
+
+
+def test_splc_corrects_only_after_its_warm_up():
+    logits = jnp.linspace(-4.0, 4.0, 24).reshape(4, 6)
+    labels = (jnp.arange(24).reshape(4, 6) % 3 == 0).astype(jnp.float32)
+    loss = LossConfig(name="splc", splc_warmup_epochs=1.0)
+    margin = LossConfig(name="focal_margin")
+    before = elementwise_loss(logits, labels, loss, 4.0, epoch=0.99)
+    np.testing.assert_allclose(before, elementwise_loss(logits, labels, margin, 4.0))
+    outside_training = elementwise_loss(logits, labels, loss, 4.0)
+    np.testing.assert_allclose(outside_training, before)
+    after = elementwise_loss(logits, labels, loss, 4.0, epoch=1.0)
+    corrected = jnp.where((labels == 0) & (jax.nn.sigmoid(logits) > 0.6), 1.0, labels)
+    assert int(jnp.sum(corrected != labels)) > 0
+    np.testing.assert_allclose(after, elementwise_loss(logits, corrected, margin, 4.0))
+
+
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if not LOSSES[n].compared])
+def test_losses_for_missing_labels_train_in_the_step(name, tmp_path):
+    """A few steps of the jitted train step, with the epoch the step derives (SPLC's warm-up
+    of half an epoch passes within them): finite losses, and the loss falls."""
+    from asl_jax.data import ArraySource, BatchRequest
+    from asl_jax.training import Config, build_programs, make_mesh, shard_batch
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((32, 4)) < 0.3).astype(np.float32)
+    images = (labels[:, None, None, :3] * 200 + rng.integers(0, 40, (32, 8, 8, 3))).astype(np.uint8)
+    source = ArraySource("toy", list("abcd"), train=(images, labels), val=(images, labels))
+    config = dataclasses.replace(
+        Config(batch_size=16, num_steps=8, learning_rate=0.02),
+        loss=LossConfig(name=name, splc_warmup_epochs=0.5),
+    )
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, width=4))
+    mesh = make_mesh(jax.devices()[:1])
+    programs = build_programs(
+        config, num_classes=4, image_size=8, total_steps=8, mesh=mesh, steps_per_epoch=2
+    )
+    state = programs.init(jax.random.key(0))
+    losses = []
+    for step in range(8):
+        request = BatchRequest.training(
+            batch_size=16, seed=0, epoch=step // 2, start_batch=step % 2
+        )
+        state, metrics = programs.train(state, shard_batch(next(source.batches(request)), mesh))
+        losses.append(float(metrics["loss"]))
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
