@@ -11,7 +11,8 @@ Several hosts (run on every host; process 0's coordinator at HOST:PORT):
 
 Interrupting (Ctrl-C, SIGTERM) saves a checkpoint at the next step and exits with 128 + the
 signal number (130 / 143); rerunning the same command resumes. Exit status 1: the run failed
-(invalid config, refused workdir, non-finite training); 2: the command line cannot be used
+(invalid config, refused workdir, non-finite training, a checkpoint that cannot be
+saved); 2: the command line cannot be used
 (unknown flag or config key, malformed value). The one-line message says why.
 """
 
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
     cli.initialize_distributed()  # before anything touches a device
     import jax
 
-    from asl_jax.training.checkpoint import UnreadableCheckpointError
+    from asl_jax.training.checkpoint import CheckpointSaveError, UnreadableCheckpointError
     from asl_jax.training.config import ConfigError
     from asl_jax.training.loop import NonFiniteError, train_and_evaluate
     from asl_jax.training.workdir import WorkdirConfigError
@@ -42,7 +43,13 @@ def main(argv: list[str]) -> int:
 
     try:
         result = train_and_evaluate(cli.typed_config(), flags.FLAGS.workdir)
-    except (ConfigError, WorkdirConfigError, NonFiniteError, UnreadableCheckpointError) as e:
+    except (
+        CheckpointSaveError,
+        ConfigError,
+        WorkdirConfigError,
+        NonFiniteError,
+        UnreadableCheckpointError,
+    ) as e:
         return cli.error(str(e))
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)

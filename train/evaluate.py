@@ -23,7 +23,7 @@ threshold), writes them to ``WORKDIR/thresholds.json`` (used by ``train.predict
 scoring on the same split flatters the tuned numbers: a warning says so.
 
 Exit status 1 with a one-line message for a missing workdir, no checkpoint, a step without a
-checkpoint, or a checkpoint that cannot be read.
+checkpoint, a checkpoint that cannot be read, or one whose model gives non-finite probabilities.
 Single process; the evaluation uses the local devices that divide the evaluation batch size.
 """
 
@@ -116,6 +116,7 @@ def evaluate_workdir(
             f"{run.workdir}): the dataset changed since training"
         )
     probs, labels = predict_split(run, source, split, ema=ema)
+    _refuse_nonfinite(run, probs, split, ema=ema)
     threshold = run.config.threshold if threshold is None else float(threshold)
     ap = per_class_ap(probs, labels)
     scores = split_metrics(probs, labels, threshold=threshold)
@@ -150,6 +151,20 @@ def evaluate_workdir(
     return result
 
 
+def _refuse_nonfinite(run: Any, probs: np.ndarray, split: str, *, ema: bool) -> None:
+    """A :class:`RunError` when the model gives non-finite probabilities (diverged)."""
+    from asl_jax.training.evaluation import nonfinite_count
+
+    bad = nonfinite_count(probs)
+    if bad:
+        raise RunError(
+            f"the {'EMA ' if ema else ''}model of the checkpoint of step {run.step} "
+            f"({run.checkpoint}) gives {bad} non-finite probabilities on the {split} split: its "
+            "parameters diverged, there are no scores to compute; give --step with an earlier "
+            "checkpoint"
+        )
+
+
 def _tune(
     run: Any, source: Any, split: str, tune_on: str, ema: bool, probs: Any, labels: Any
 ) -> dict[str, Any]:
@@ -162,6 +177,7 @@ def _tune(
     tune_probs, tune_labels = (
         (probs, labels) if tune_on == split else predict_split(run, source, tune_on, ema=ema)
     )
+    _refuse_nonfinite(run, tune_probs, tune_on, ema=ema)
     known = known_labels_mask(tune_labels)
     thresholds = tune_thresholds(
         tune_probs,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: the commands parse their flags before JAX starts
@@ -53,12 +54,15 @@ class OpenRun:
 
 def read_workdir_config(workdir: str) -> Config:
     """The typed config of ``workdir/config.json`` (fields added since count as what they meant
-    for that run).
+    for that run); when that file is missing or unreadable, the config stored with the newest
+    checkpoint (with a warning).
 
     Raises:
-      RunError: no such directory, no ``config.json``, or an invalid one.
+      RunError: no such directory, an invalid ``config.json``, or none that can be read and no
+        checkpoint that stores its config.
     """
-    from asl_jax.training.config import ConfigError
+    from asl_jax.training.checkpoint import read_error
+    from asl_jax.training.config import Config, ConfigError
     from asl_jax.training.workdir import CONFIG_FILE, read_stored_config
 
     if not os.path.isdir(workdir):
@@ -66,12 +70,52 @@ def read_workdir_config(workdir: str) -> Config:
             f"workdir {workdir} does not exist (train with: python -m train --workdir=…)"
         )
     path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
+    problem = "not found"
+    if os.path.isfile(path):
+        try:
+            return read_stored_config(workdir)
+        except ConfigError as e:
+            raise RunError(f"{path}: {e}") from e
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # not JSON, not an object
+            problem = f"cannot be read ({read_error(e, limit=120)})"
+    step, stored = _checkpoint_config(workdir)
+    if stored is None:
+        if problem == "not found":
+            raise RunError(f"{path} not found: {workdir} is not a workdir of python -m train")
+        raise RunError(
+            f"{path} {problem}, and no checkpoint of {workdir} stores the run's config; put "
+            "back the run's config.json"
+        )
+    print(
+        f"warning: {path} {problem}; using the config stored with the checkpoint of step {step}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
-        return read_stored_config(workdir)
+        return Config.from_mapping(stored, stored=True)
     except ConfigError as e:
-        raise RunError(f"{path}: {e}") from e
+        raise RunError(f"the config stored with the checkpoint of step {step}: {e}") from e
+
+
+def _checkpoint_config(workdir: str) -> tuple[int | None, dict[str, Any] | None]:
+    """The config stored with the newest checkpoint of ``workdir`` that has one, and its step."""
+    from asl_jax.training.checkpoint import Checkpointer
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):  # Checkpointer() would create it
+        return None, None
+    ckpt = Checkpointer(ckpt_dir)
+    try:
+        for step in sorted(ckpt.all_steps(), reverse=True):
+            try:
+                stored = ckpt.config(step)
+            except Exception:  # damaged metadata: an older checkpoint may tell
+                continue
+            if stored is not None:
+                return step, stored
+        return None, None
+    finally:
+        ckpt.close()
 
 
 def read_class_names(workdir: str) -> tuple[str, ...]:

@@ -20,6 +20,15 @@ Orbax v1. ``orbax.checkpoint.v1.training.Checkpointer`` (an experimental API) wr
 ``CheckpointManager`` (same preservation policies, async machinery and multi-host barriers), so it
 would add no guarantee to the ones above: this module uses the stable ``CheckpointManager`` API.
 
+Failed saves. A save that cannot start or complete (a read-only or full disk, no permission, a
+vanished directory) raises :class:`CheckpointSaveError`, whose one-line message names the step
+that was not saved, the cause and the last checkpoint on disk, which a rerun resumes from. Before
+each save the directory is checked (a directory can be created in it; its device has at least
+the size of the last checkpoint free), so the common faults are caught before Orbax starts its
+threads; a failure inside Orbax (a disk filled during the write) is reported the same way, the
+Orbax threads left waiting for it are released, and Orbax's own tracebacks of it are not logged.
+The config a checkpoint was trained with is stored in its metadata (:meth:`Checkpointer.config`).
+
 Damage. A checkpoint can still be unreadable (a file truncated by a full disk, a storage fault):
 :meth:`Checkpointer.restore_newest_readable` then moves it aside to ``<step>.unreadable`` (kept
 for inspection; Orbax only sees integer names) and restores the next newest.
@@ -28,12 +37,15 @@ for inspection; Orbax only sees integer names) and restores the next newest.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import math
 import os
 import re
+import shutil
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +65,28 @@ UNREADABLE_SUFFIX = ".unreadable"
 
 class UnreadableCheckpointError(RuntimeError):
     """Raised when no checkpoint of a directory can be read."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """Raised when a checkpoint cannot be written (read-only or full disk, no permission...).
+
+    Attributes:
+      step: the step that was not saved (-1 when unknown).
+      last_step: the newest checkpoint on disk (None when there is none).
+    """
+
+    def __init__(self, directory: str, step: int, cause: str, last_step: int | None):
+        self.step, self.last_step = step, last_step
+        if last_step is None:
+            where = "no checkpoint is on disk yet (a rerun starts from step 0)"
+        else:
+            where = (
+                f"the last checkpoint on disk is {os.path.join(directory, str(last_step))} "
+                f"(step {last_step}), which a rerun of the same command resumes from once "
+                "the disk has space and can be written"
+            )
+        what = "a checkpoint" if step < 0 else f"the checkpoint of step {step}"
+        super().__init__(f"{what} was not saved ({cause}); {where}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +135,88 @@ def read_error(error: BaseException, limit: int = 300) -> str:
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     half = limit // 2
     return text if len(text) <= limit else f"{text[:half]} … {text[-half:]}"
+
+
+def _save_cause(error: BaseException) -> str:
+    """The cause of a failed save on one line: the OS error of the chain when there is one."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            where = f": {seen.filename}" if seen.filename else ""
+            return f"{os.strerror(seen.errno)}{where}"
+        seen = seen.__cause__ or seen.__context__
+    return read_error(error)
+
+
+def _is_save_noise(record: logging.LogRecord) -> bool:
+    """An Orbax log record of a failed save (with its traceback), which the caller reports."""
+    if record.levelno < logging.ERROR or not record.exc_info or not record.exc_info[1]:
+        return False
+    return f"{os.sep}orbax{os.sep}" in record.pathname
+
+
+class _SaveNoiseFilter(logging.Filter):
+    """Drops Orbax's tracebacks of a failed save and keeps their error for the one-line report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _is_save_noise(record):
+            self.errors.append(record.exc_info[1])  # type: ignore[index]
+            del self.errors[:-4]
+            return False
+        return True
+
+
+_SAVE_NOISE = _SaveNoiseFilter()
+
+
+def _quiet_save_noise() -> None:
+    """Installs :data:`_SAVE_NOISE` on the loggers Orbax reports through (once)."""
+    for name in ("absl", "orbax"):
+        logger = logging.getLogger(name)
+        if _SAVE_NOISE not in logger.filters:
+            logger.addFilter(_SAVE_NOISE)
+
+
+def _release_waiting_orbax_threads(timeout: float = 5.0) -> None:
+    """Ends the Orbax threads of a failed save that wait for a signal that will never come.
+
+    When the temporary directory of a save cannot be created, Orbax's writer threads keep
+    waiting for its "directory created" signal (for the coordination timeout, minutes), and
+    Python's exit waits for them. Each is cancelled and given its signal, so that it returns
+    without writing. Orbax internals: where they differ, nothing is done.
+    """
+    try:
+        from orbax.checkpoint._src.futures import future
+    except ImportError:  # pragma: no cover - another Orbax layout
+        return
+    thread_type = getattr(future, "_SignalingThread", None)
+    if thread_type is None:  # pragma: no cover
+        return
+    waiting = [t for t in threading.enumerate() if isinstance(t, thread_type) and t.is_alive()]
+    for thread in waiting:
+        try:
+            thread.cancel()
+            future.set_signals(thread._receive_signals, operation_id=thread._operation_id)
+        except Exception:  # pragma: no cover - best effort: the error is reported anyway
+            pass
+    for thread in waiting:
+        threading.Thread.join(thread, timeout)
+
+
+def _tree_size(path: str) -> int:
+    """Bytes of the files under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _all_true(flag: bool) -> bool:
@@ -200,6 +316,9 @@ class Checkpointer:
             enable_async_checkpointing=bool(async_save),
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step of a save not yet waited for
+        self._failed = False  # a save failed and was reported: Orbax's error is not raised again
+        self._sizes: dict[int, int] = {}  # bytes of the checkpoints on disk, by step
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -218,6 +337,7 @@ class Checkpointer:
         state: TrainState,
         metrics: Mapping[str, float] | None = None,
         data_state: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> int:
         """Saves ``state`` under its step (in the background unless ``async_save=False``: see
         :meth:`wait`). Returns the step.
@@ -231,29 +351,98 @@ class Checkpointer:
             values only are stored, a missing one ranks last).
           data_state: the input pipeline's iterator state (JSON-serialisable), stored in the
             checkpoint's metadata; :meth:`data_state` reads it back.
+          config: the config the state was trained with (JSON-serialisable), stored in the
+            checkpoint's metadata; :meth:`config` reads it back.
+
+        Raises:
+          CheckpointSaveError: this save, or the previous one still being written, failed.
         """
         step = int(jax.device_get(state.step))
         if step in self._manager.all_steps():
             return step
+        self.wait()  # a failure of the previous save is reported as that step's
+        self._check_can_save(step)
         # Always a dict (possibly empty): Orbax warns about a save without metrics.
         stored = {
             k: float(v)
             for k, v in (metrics or {}).items()
             if v is not None and math.isfinite(float(v))
         }
-        self._manager.save(
-            step,
-            args=ocp.args.StandardSave(checkpoint_items(state)),
-            metrics=stored,
-            force=True,
-            custom_metadata=None if data_state is None else {"data_state": dict(data_state)},
-        )
+        custom = {}
+        if data_state is not None:
+            custom["data_state"] = dict(data_state)
+        if config is not None:
+            custom["config"] = dict(config)
+        _quiet_save_noise()
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.StandardSave(checkpoint_items(state)),
+                metrics=stored,
+                force=True,
+                custom_metadata=custom or None,
+            )
+        except Exception as e:  # OSError, TensorStore and Orbax errors alike
+            raise self._save_failed(step, e) from None
+        self._pending = step
         return step
+
+    def _steps_on_disk(self) -> list[int]:
+        """The steps whose checkpoint directory is complete on disk (Orbax renames a complete
+        save to its step), newest first."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        return sorted((int(n) for n in names if n.isdigit()), reverse=True)
+
+    def _check_can_save(self, step: int) -> None:
+        """Raises :class:`CheckpointSaveError` when the directory cannot take a checkpoint: a
+        directory cannot be created in it, or its device has less free space than the last
+        checkpoint took (Orbax writes the new one before it deletes an old one)."""
+        problem: str | None = None
+        probe = os.path.join(
+            self.directory, f".write-check-{os.getpid()}-{jax.process_index()}-{step}"
+        )
+        try:
+            os.mkdir(probe)
+            os.rmdir(probe)
+        except OSError as e:  # named after the directory, not the probe
+            problem = f"{os.strerror(e.errno)}: {self.directory}" if e.errno else _save_cause(e)
+        else:
+            last = next(iter(self._steps_on_disk()), None)
+            if last is not None:
+                if last not in self._sizes:
+                    self._sizes[last] = _tree_size(os.path.join(self.directory, str(last)))
+                needed = self._sizes[last]
+                free = shutil.disk_usage(self.directory).free
+                if free < needed:
+                    problem = (
+                        f"{os.strerror(errno.ENOSPC)}: {self.directory} has {free / 1e6:.1f} MB "
+                        f"free, the last checkpoint took {needed / 1e6:.1f} MB"
+                    )
+        if not _all_true(problem is None):
+            raise self._save_failed(step, problem or "it cannot be written on another process")
+
+    def _save_failed(self, step: int, cause: BaseException | str) -> CheckpointSaveError:
+        """The error of a failed save of ``step``; releases the Orbax threads still waiting."""
+        self._failed, self._pending = True, None
+        _release_waiting_orbax_threads()
+        if not isinstance(cause, str):
+            cause = _save_cause(cause)
+        last = next((s for s in self._steps_on_disk() if s != step), None)
+        return CheckpointSaveError(self.directory, step, cause, last)
 
     def data_state(self, step: int) -> dict[str, Any] | None:
         """The input pipeline state saved with checkpoint ``step`` (None when it has none)."""
         custom = self._manager.metadata(step).custom_metadata or {}
         return custom.get("data_state")
+
+    def config(self, step: int) -> dict[str, Any] | None:
+        """The config saved with checkpoint ``step`` (None for a checkpoint saved without one)."""
+        custom = self._manager.metadata(step).custom_metadata or {}
+        config = custom.get("config")
+        return dict(config) if isinstance(config, Mapping) else None
 
     def restore(self, state: TrainState, step: int | None = None) -> TrainState:
         """Restores checkpoint ``step`` (default: latest) into the structure of ``state``.
@@ -328,10 +517,45 @@ class Checkpointer:
         return bool(self._manager.is_saving_in_progress())
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk (re-raises their errors)."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointSaveError: the pending save failed, or it finished without its checkpoint
+            on disk.
+        """
+        if self._failed:  # reported once; Orbax would raise the same error again
+            return
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_failed(-1 if step is None else step, e) from None
+        if step is not None and not _all_true(os.path.isdir(self.path(step))):
+            dropped = _SAVE_NOISE.errors[-1] if _SAVE_NOISE.errors else None
+            cause = _save_cause(dropped) if dropped is not None else "Orbax did not finalize it"
+            raise self._save_failed(step, cause)
 
     def close(self) -> None:
-        """Waits for the pending save, then releases Orbax's threads."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the pending save, then releases Orbax's threads (also after a failed save).
+
+        Raises:
+          CheckpointSaveError: the pending save failed (see :meth:`wait`).
+        """
+        try:
+            self.wait()
+        finally:
+            if self._failed:
+                _release_waiting_orbax_threads()
+                # Orbax's close() would raise the failed save's error again before closing.
+                for name in (
+                    "_checkpointer",
+                    "_non_blocking_metadata_store",
+                    "_blocking_metadata_store",
+                    "_checkpoint_deleter",
+                ):
+                    try:
+                        getattr(self._manager, name).close()
+                    except Exception:  # best effort: the failure was reported
+                        pass
+            else:
+                self._manager.close()

@@ -3,6 +3,9 @@
 One implementation serves the training loop (periodic evaluation), ``train.evaluate`` (one
 checkpoint, per-class APs) and ``train.compare``. Labels below 0 are unknown (partial labels):
 they are left out of each class's AP and of the threshold counts.
+
+A diverged model (non-finite probabilities) is a result, not an error: :func:`evaluate` gives its
+metrics as NaN and counts the non-finite probabilities (``nonfinite_probs``, ``_ema``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from asl_jax.data import BatchRequest, DataSource
 from asl_jax.losses import known_labels_mask
-from asl_jax.metrics import average_precision, threshold_metrics
+from asl_jax.metrics import THRESHOLD_METRICS, average_precision, threshold_metrics
 from asl_jax.training import parallel
 
 #: The outputs of the two models a state holds, and the suffix of their metric names.
@@ -102,10 +105,33 @@ def evaluate(
     threshold: float = 0.5,
     split: str = "val",
 ) -> dict[str, float]:
-    """The metrics of :func:`split_metrics` for the regular and (suffix ``_ema``) the EMA model."""
+    """The metrics of :func:`split_metrics` for the regular and (suffix ``_ema``) the EMA model.
+
+    A model whose probabilities are not all finite (diverged parameters) gets NaN metrics, and
+    the result counts them: ``nonfinite_probs`` (``nonfinite_probs_ema``), present only then
+    (:func:`is_finite` tells).
+    """
     outputs = predict(eval_fn, state, source, split, batch_size=batch_size, mesh=mesh)
     result: dict[str, float] = {}
+    counts: dict[str, int] = {}
     for name, suffix in MODEL_OUTPUTS:
-        scores = split_metrics(outputs[name], outputs["labels"], threshold=threshold)
+        bad = nonfinite_count(outputs[name])
+        if bad:
+            scores = dict.fromkeys(("map", *THRESHOLD_METRICS), float("nan"))
+        else:
+            scores = split_metrics(outputs[name], outputs["labels"], threshold=threshold)
         result.update({f"{key}{suffix}": value for key, value in scores.items()})
+        counts[f"nonfinite_probs{suffix}"] = bad
+    if any(counts.values()):
+        result.update(counts)
     return result
+
+
+def nonfinite_count(probs: np.ndarray) -> int:
+    """How many entries of ``probs`` are NaN or infinite."""
+    return int(np.count_nonzero(~np.isfinite(probs)))
+
+
+def is_finite(scores: dict[str, Any]) -> bool:
+    """Whether an evaluation of :func:`evaluate` (or its record) had finite probabilities."""
+    return not any(scores.get(f"nonfinite_probs{suffix}") for _, suffix in MODEL_OUTPUTS)

@@ -19,7 +19,15 @@ is checkpointed even between checkpoint steps.
 
 Non-finite steps. A step whose loss or gradient is not finite leaves the state unchanged (only the
 step and skip counters advance); ``max_consecutive_nonfinite`` such steps in a row stop the run
-with :class:`NonFiniteError`, naming the step and the last good checkpoint.
+with :class:`NonFiniteError`, naming the step and the last good checkpoint. An evaluation whose
+probabilities are not finite (diverged parameters, which the skipped steps would keep) is written
+as a record and stops the run the same way. The last good checkpoint is the newest one whose
+models give finite probabilities (by its evaluation, or evaluated then); the message says when
+there is none.
+
+Failed saves. A checkpoint that cannot be written ends the run with
+:class:`~asl_jax.training.checkpoint.CheckpointSaveError` (the step, the cause, the last
+checkpoint on disk).
 """
 
 from __future__ import annotations
@@ -37,9 +45,9 @@ from asl_jax.losses import known_labels_mask
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS
 from asl_jax.training.config import Config, eval_interval
-from asl_jax.training.evaluation import evaluate
+from asl_jax.training.evaluation import evaluate, is_finite
 from asl_jax.training.interrupt import StopFlag, agree, interruption
-from asl_jax.training.records import summarize, write_json
+from asl_jax.training.records import _plain, summarize, write_json
 from asl_jax.training.setup import Run, Start, split_labels, start_run
 from asl_jax.training.state import TrainState
 from asl_jax.training.step import effective_gamma_neg
@@ -180,6 +188,7 @@ class _Loop:
             self.state,
             metrics={k: scores.get(k) for k in BEST_METRICS},
             data_state=get_state() if get_state is not None else None,
+            config=_plain(self.run.config.to_dict()),
         )
         self.last_saved = self.step
 
@@ -190,39 +199,73 @@ class _Loop:
         stopped_at = self.records.flush(limit)
         if stopped_at is None:
             return
-        where = (
-            f"the last good checkpoint is {self.run.ckpt.path(self.last_saved)} "
-            f"(step {self.last_saved})"
-            if self.last_saved is not None
-            else "no checkpoint was saved yet"
-        )
         raise NonFiniteError(
             f"training stopped at step {stopped_at}: {limit} consecutive steps had a non-finite "
-            f"loss or gradient (the parameters were left unchanged by each); {where}. Lower "
-            "learning_rate, set grad_clip_norm, or check the data."
+            f"loss or gradient (the parameters were left unchanged by each); "
+            f"{self.last_good()}. Lower learning_rate, set grad_clip_norm, or check the data."
         )
 
-    def evaluate_and_log(self) -> bool:
-        """Evaluates and writes the eval record; returns whether it sets a best (see
-        :func:`_sets_a_best`)."""
+    def last_good(self) -> str:
+        """Names the newest checkpoint whose models give finite probabilities on the validation
+        split (known from its evaluation, else evaluated now), or says there is none."""
         run = self.run
-        scores = evaluate(
+        run.ckpt.wait()
+        evals = {r["step"]: r for r in run.log.records if r["kind"] == "eval"}
+        for step in sorted(run.ckpt.all_steps(), reverse=True):
+            if step in evals:
+                good = is_finite(evals[step])
+            else:
+                try:
+                    restored = run.ckpt.restore(self.state, step)
+                except Exception:  # an unreadable checkpoint is no good one
+                    continue
+                good = is_finite(self.evaluation(restored))
+            if good:
+                return f"the last good checkpoint is {run.ckpt.path(step)} (step {step})"
+        if self.last_saved is None:
+            return "no checkpoint was saved yet"
+        return "no checkpoint of this run gives finite probabilities on the validation split"
+
+    def evaluation(self, state: TrainState) -> dict[str, Any]:
+        run = self.run
+        return evaluate(
             run.programs.eval,
-            self.state,
+            state,
             run.source,
             batch_size=run.config.evaluation_batch_size,
             mesh=run.mesh,
             threshold=run.config.threshold,
         )
+
+    def evaluate_and_log(self) -> bool:
+        """Evaluates and writes the eval record; returns whether it sets a best (see
+        :func:`_sets_a_best`).
+
+        Raises:
+          NonFiniteError: the probabilities of a model are not all finite (recorded first):
+            the parameters diverged, and the non-finite policy would keep them as they are.
+        """
+        run = self.run
+        scores = self.evaluation(self.state)
         # Every host computes the same scores from the same replicated outputs; agreeing anyway
         # guarantees that all take part in the checkpoint that follows.
         new_best = agree(_sets_a_best(run.log.records, scores))
         run.log.write({"kind": "eval", "step": self.step, "elapsed": run.elapsed(), **scores})
-        if run.progress_bar is not None:
-            run.progress_bar.write(
-                f"step {self.step}: mAP {100 * scores['map']:.2f}% "
-                f"(EMA {100 * scores['map_ema']:.2f}%)"
+        if not is_finite(scores):
+            counts = ", ".join(
+                f"{scores[key]} of the {model} model"
+                for key, model in (("nonfinite_probs", "regular"), ("nonfinite_probs_ema", "EMA"))
+                if scores[key]
             )
+            progress.log(f"step {self.step}: non-finite probabilities ({counts})")
+            raise NonFiniteError(
+                f"training stopped at step {self.step}: the evaluation found non-finite "
+                f"probabilities ({counts}): the parameters diverged; {self.last_good()}. "
+                "Lower learning_rate, set grad_clip_norm, or check the data."
+            )
+        progress.log(
+            f"step {self.step}: mAP {100 * scores['map']:.2f}% (EMA {100 * scores['map_ema']:.2f}%)"
+        )
         return new_best
 
     def train(self, *, stop: StopFlag, stop_at_step: int | None) -> int | None:

@@ -178,7 +178,7 @@ def _start(
     """The initial state of a new run, or the newest readable checkpoint of a resumed one."""
     if ckpt.latest_step() is None:
         return Start(initial_state(config, programs, source), None, None)
-    refuse_other_config(config, workdir)
+    refuse_other_config(config, workdir, ckpt)
     state, step = restore_newest_readable(ckpt, programs.init(jax.random.key(config.seed)))
     return Start(state, step, ckpt.data_state(step))
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from asl_jax.training import progress
-from asl_jax.training.checkpoint import Checkpointer, UnreadableCheckpointError
+from asl_jax.training.checkpoint import Checkpointer, UnreadableCheckpointError, read_error
 from asl_jax.training.config import Config, changed_result_fields
 from asl_jax.training.records import read_json, write_json
 from asl_jax.training.state import TrainState
@@ -53,20 +53,59 @@ def write_run_files(config: Config, workdir: str, class_names: Sequence[str]) ->
     os.replace(f"{classes_path}.tmp", classes_path)
 
 
-def refuse_other_config(config: Config, workdir: str) -> None:
+def refuse_other_config(config: Config, workdir: str, ckpt: Checkpointer | None = None) -> None:
     """Raises :class:`WorkdirConfigError` when ``workdir``'s run has other result fields.
 
-    Only called for a workdir with checkpoints (a workdir without any starts over).
+    Only called for a workdir with checkpoints (a workdir without any starts over). The run's
+    config is the one stored with its newest checkpoint (by ``ckpt``), or ``config.json`` for
+    checkpoints saved without one. A missing or unreadable ``config.json`` is rewritten from
+    the config of this session once it is checked against the stored one; without a stored
+    one the run is refused.
     """
-    if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-        return
-    diff = changed_result_fields(read_json(os.path.join(workdir, CONFIG_FILE)), config)
+    path = os.path.join(workdir, CONFIG_FILE)
+    stored_step, stored = _checkpoint_config(ckpt)
+    try:
+        recorded, problem = read_json(path), None
+    except FileNotFoundError:
+        recorded, problem = None, "is missing"
+    except (OSError, ValueError) as e:  # garbage in it: JSONDecodeError, UnicodeDecodeError
+        recorded, problem = None, f"cannot be read ({read_error(e, limit=120)})"
+    if recorded is not None and not isinstance(recorded, dict):
+        recorded, problem = None, "is not a JSON object"
+    if stored is not None:
+        reference = stored
+        if problem:
+            progress.log(
+                f"warning: {path} {problem}; checked against the config stored with the "
+                f"checkpoint of step {stored_step} and rewritten."
+            )
+    elif recorded is not None:
+        reference = recorded
+    else:
+        raise WorkdirConfigError(
+            f"{path} {problem}, and the checkpoints of {workdir} were saved without their "
+            "config: resuming them could mix two runs. Put back that run's config.json, or use "
+            "another workdir (or delete this one) to start over."
+        )
+    diff = changed_result_fields(reference, config)
     if diff:
         raise WorkdirConfigError(
             f"{workdir} holds checkpoints of a run with a different config "
             f"({'; '.join(diff)}). Resuming would mix two runs: use another workdir, "
             "rerun with the original config, or delete the workdir to start over."
         )
+
+
+def _checkpoint_config(ckpt: Checkpointer | None) -> tuple[int | None, dict | None]:
+    """The config stored with the newest checkpoint that has one, and its step."""
+    for step in sorted(ckpt.all_steps() if ckpt is not None else (), reverse=True):
+        try:
+            stored = ckpt.config(step)
+        except Exception:  # damaged metadata: an older checkpoint may tell
+            continue
+        if stored is not None:
+            return step, stored
+    return None, None
 
 
 def restore_newest_readable(ckpt: Checkpointer, state: TrainState) -> tuple[TrainState, int]:
