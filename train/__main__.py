@@ -11,8 +11,9 @@ Several hosts (run on every host; process 0's coordinator at HOST:PORT):
 
 Interrupting (Ctrl-C, SIGTERM) saves a checkpoint at the next step and exits with 128 + the
 signal number (130 / 143); rerunning the same command resumes. Exit status 1: the run failed
-(invalid config, refused workdir, non-finite training); 2: the command line cannot be used
-(unknown flag or config key, malformed value). The one-line message says why.
+(invalid config, refused workdir: another run is writing it or it holds other settings,
+non-finite training); 2: the command line cannot be used (unknown flag or config key, malformed
+value). The one-line message says why.
 """
 
 from __future__ import annotations
@@ -36,13 +37,20 @@ def main(argv: list[str]) -> int:
 
     from asl_jax.training.checkpoint import UnreadableCheckpointError
     from asl_jax.training.config import ConfigError
+    from asl_jax.training.lock import WorkdirBusyError
     from asl_jax.training.loop import NonFiniteError, train_and_evaluate
     from asl_jax.training.workdir import WorkdirConfigError
     from train.summary import format_summary
 
     try:
         result = train_and_evaluate(cli.typed_config(), flags.FLAGS.workdir)
-    except (ConfigError, WorkdirConfigError, NonFiniteError, UnreadableCheckpointError) as e:
+    except (
+        ConfigError,
+        WorkdirBusyError,
+        WorkdirConfigError,
+        NonFiniteError,
+        UnreadableCheckpointError,
+    ) as e:
         return cli.error(str(e))
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)

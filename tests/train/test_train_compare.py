@@ -259,3 +259,20 @@ def test_setup_line_states_the_batch_size_the_runs_used(used, expected):
     config["batch_size"] = 64
     runs = [{"batch_size": b} for b in used]
     assert expected in compare._setup_line(config, runs)
+
+
+@pytest.mark.parametrize("seeds", [None, (0, 1)])
+def test_a_second_comparison_in_a_workdir_in_use_is_refused_before_any_run(tmp_path, seeds):
+    from asl_jax.training.lock import WorkdirBusyError, lock_workdir
+    from train.configs.default import get_config
+
+    def train_fn(*args, **kwargs):
+        raise AssertionError("no run may start")
+
+    with lock_workdir(tmp_path, what="python -m train.compare (the first)"):
+        with pytest.raises(WorkdirBusyError, match=r"in use by process \d+ .*\(the first\)"):
+            if seeds is None:
+                compare.compare(get_config(), tmp_path, ("bce",), train_fn=train_fn)
+            else:
+                compare.compare_seeds(get_config(), tmp_path, ("bce",), seeds, train_fn=train_fn)
+    assert os.listdir(tmp_path) == []
