@@ -233,7 +233,7 @@ def define_distributed_flags() -> None:
     )
 
 
-def initialize_distributed() -> bool:
+def initialize_distributed(**kwargs: Any) -> bool:
     """``jax.distributed`` from the flags of :func:`define_distributed_flags`.
 
     Call before anything touches a device.
@@ -246,7 +246,7 @@ def initialize_distributed() -> bool:
     f = flags.FLAGS
     try:
         return parallel.initialize_distributed(
-            f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed
+            f.coordinator_address, f.num_processes, f.process_id, auto=f.distributed, **kwargs
         )
     except ValueError as e:  # the library names its arguments; the command line has flags
         message = re.sub(r"\b(coordinator_address|num_processes|process_id)\b", r"--\1", str(e))

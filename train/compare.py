@@ -66,6 +66,7 @@ from typing import Any
 
 from asl_jax.config_fields import nested_dict
 from asl_jax.training.config import Config, ConfigError, validate_config
+from asl_jax.training.lock import WorkdirBusyError, holds_workdir_lock
 from asl_jax.training.loss_registry import LOSSES, LossConfig, used_fields
 from train.summary import percent
 
@@ -265,6 +266,7 @@ def _latest_step(workdir: str) -> int | None:
     return max(steps) if steps else None
 
 
+@holds_workdir_lock
 def compare(
     base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
@@ -609,6 +611,7 @@ def format_seed_table(entries: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@holds_workdir_lock
 def compare_seeds(
     base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
@@ -755,6 +758,8 @@ def main(argv: list[str]) -> int:
         return _main_seeds(base, flags.FLAGS.workdir, losses, seeds)
     try:
         result = compare(base, flags.FLAGS.workdir, losses)
+    except WorkdirBusyError as e:
+        return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
         return cli.error(f"data.name={base.data.name!r}: {e}")
     print(format_table(result["runs"]), flush=True)
@@ -786,6 +791,8 @@ def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[
 
     try:
         summary = compare_seeds(base, workdir, losses, seeds)
+    except WorkdirBusyError as e:
+        return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
         return cli.error(f"data.name={base.data.name!r}: {e}")
     print(format_seed_table(summary["losses"]), flush=True)

@@ -23,12 +23,15 @@ threshold), writes them to ``WORKDIR/thresholds.json`` (used by ``train.predict
 scoring on the same split flatters the tuned numbers: a warning says so.
 
 Exit status 1 with a one-line message for a missing workdir, no checkpoint, a step without a
-checkpoint, a checkpoint that cannot be read, or one whose model gives non-finite probabilities.
+checkpoint, a checkpoint that cannot be read or one whose model gives non-finite probabilities,
+and for writing ``eval.json`` or ``thresholds.json`` into the workdir of a run that is training
+(``--output`` elsewhere only reads the workdir, which works while it trains).
 Single process; the evaluation uses the local devices that divide the evaluation batch size.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any
@@ -61,6 +64,31 @@ def predict_split(run: Any, source: Any, split: str, *, ema: bool) -> tuple[np.n
     return outputs["probs_ema" if ema else "probs"], outputs["labels"]
 
 
+def _locked_when_writing(fn: Any) -> Any:
+    """Runs ``evaluate_workdir`` holding the workdir's lock when it writes into the workdir
+    (``eval.json`` by default, ``thresholds.json``), so that it is refused while the run trains;
+    writing elsewhere only reads the workdir and takes no lock."""
+
+    @functools.wraps(fn)
+    def locked(workdir: str | os.PathLike[str], **kwargs: Any) -> dict[str, Any]:
+        from asl_jax.training.lock import lock_workdir
+
+        workdir = os.path.abspath(os.fspath(workdir))
+        output = kwargs.get("output")
+        writes = (
+            kwargs.get("tune_on") is not None
+            or output is None
+            or (output and os.path.dirname(os.path.abspath(os.fspath(output))) == workdir)
+        )
+        if not writes or not os.path.isdir(workdir):  # a missing workdir: open_run says so
+            return fn(workdir, **kwargs)
+        with lock_workdir(workdir):
+            return fn(workdir, **kwargs)
+
+    return locked
+
+
+@_locked_when_writing
 def evaluate_workdir(
     workdir: str | os.PathLike[str],
     *,
@@ -98,6 +126,7 @@ def evaluate_workdir(
       RunError: missing workdir, no checkpoint, no such step, an unreadable checkpoint, data
         that no longer matches.
       ValueError: bad ``split`` or ``threshold``.
+      WorkdirBusyError: it would write into the workdir of a run that is training.
     """
     from asl_jax.training.evaluation import per_class_ap, split_metrics
     from asl_jax.training.records import write_json
@@ -246,6 +275,7 @@ def format_result(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     from absl import flags
 
+    from asl_jax.training.lock import WorkdirBusyError
     from train import cli
 
     cli.no_positional_args(argv)
@@ -266,6 +296,9 @@ def main(argv: list[str]) -> int:
         )
     except (RunError, ValueError) as e:
         return cli.error(str(e))
+    except WorkdirBusyError as e:
+        hint = "" if f.tune_thresholds else "; --output=FILE writes elsewhere, which only reads it"
+        return cli.error(f"{e}{hint}")
     if result.get("tuned", {}).get("warning"):
         print(f"warning: {result['tuned']['warning']}", file=sys.stderr, flush=True)
     print(format_result(result), flush=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 from asl_jax.config_fields import nested_dict
 from asl_jax.training.config import Config
+from asl_jax.training.lock import WorkdirBusyError, holds_workdir_lock
 from asl_jax.training.loss_registry import LossConfig, loss_spec
 from train.compare import SEED_METRICS, compare_seeds, format_mean_sd, parse_seeds
 
@@ -87,6 +88,7 @@ def point_name(point: Mapping[str, float]) -> str:
     return ",".join(f"{key.split('.', 1)[1]}={value:g}" for key, value in point.items())
 
 
+@holds_workdir_lock
 def sweep(
     base_config: Config | Mapping[str, Any],
     workdir: str | os.PathLike[str],
@@ -229,7 +231,7 @@ def main(argv: list[str]) -> int:
     try:
         loss_config(f.config, SWEPT_LOSS)
         result = sweep(f.config, f.workdir, grid, seeds)
-    except ConfigError as e:
+    except (ConfigError, WorkdirBusyError) as e:
         return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
         return cli.error(f"data.name={f.config.data.name!r}: {e}")

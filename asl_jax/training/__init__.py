@@ -26,6 +26,7 @@ from asl_jax.training.config import (
     validate_config,
 )
 from asl_jax.training.evaluation import evaluate
+from asl_jax.training.lock import WorkdirBusyError, lock_workdir
 from asl_jax.training.loop import NonFiniteError, TrainResult, train_and_evaluate
 from asl_jax.training.loss_registry import LossConfig
 from asl_jax.training.optim import create_optimizer, create_schedule, kernel_mask
@@ -56,6 +57,7 @@ __all__ = [
     "RunConfig",
     "TrainResult",
     "TrainState",
+    "WorkdirBusyError",
     "WorkdirConfigError",
     "build_programs",
     "create_optimizer",
@@ -66,6 +68,7 @@ __all__ = [
     "evaluate",
     "initialize_distributed",
     "kernel_mask",
+    "lock_workdir",
     "make_mesh",
     "replicated_sharding",
     "shard_batch",

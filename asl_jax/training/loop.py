@@ -124,19 +124,21 @@ def train_and_evaluate(
 
     Raises:
       ConfigError: invalid config (naming the field) or unusable data.
+      WorkdirBusyError: another process is writing ``workdir`` (naming it).
       WorkdirConfigError: the workdir's checkpoints come from a config that changes results.
       UnreadableCheckpointError: the workdir has checkpoints, but none can be read.
       NonFiniteError: too many consecutive non-finite steps.
     """
     run, start = start_run(config, workdir, source=source, mesh=mesh)
-    stop = StopFlag(handle_signals)
-    try:
-        loop = _Loop(run, start)
-        interrupted = loop.train(stop=stop, stop_at_step=stop_at_step)
-    finally:
-        stop.restore()
-        run.close()
-    return _finish(run, loop, interrupted)
+    with run.lock:  # the workdir's, until summary.json and the plots are written
+        stop = StopFlag(handle_signals)
+        try:
+            loop = _Loop(run, start)
+            interrupted = loop.train(stop=stop, stop_at_step=stop_at_step)
+        finally:
+            stop.restore()
+            run.close()
+        return _finish(run, loop, interrupted)
 
 
 class _Loop:

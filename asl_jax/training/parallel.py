@@ -31,6 +31,7 @@ def initialize_distributed(
     process_id: int | None = None,
     *,
     auto: bool = False,
+    heartbeat_timeout_s: int | None = None,
 ) -> bool:
     """Connects this process to the others of a multi-host run (``jax.distributed``).
 
@@ -43,6 +44,8 @@ def initialize_distributed(
       process_id: this process's index in ``[0, num_processes)``.
       auto: with no explicit arguments, let JAX detect the cluster (Cloud TPU, SLURM, Open MPI,
         Kubernetes...).
+      heartbeat_timeout_s: after how long without heartbeats a process counts as lost (and the
+        others stop); default JAX's (100 s).
 
     Returns:
       True when ``jax.distributed`` was initialised, False for a single-process run.
@@ -64,6 +67,11 @@ def initialize_distributed(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
+        **(
+            {}
+            if heartbeat_timeout_s is None
+            else {"heartbeat_timeout_seconds": heartbeat_timeout_s}
+        ),
     )
     return True
 

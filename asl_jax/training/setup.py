@@ -25,6 +25,7 @@ from asl_jax.data import DataSource, create_source, steps_per_epoch
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.config import Config, ConfigError, fit_batch_size, validate_config
+from asl_jax.training.lock import WorkdirLock, lock_workdir
 from asl_jax.training.loss_registry import (
     INVERSE_FREQUENCY,
     parse_class_weights,
@@ -57,6 +58,9 @@ class Run:
       total_steps: steps of the whole run.
       elapsed_before: wall time of the earlier sessions of a resumed run.
       progress_bar: the progress bar (process 0, when ``progress_bar``).
+      lock: the workdir's lock, held by the run (:mod:`asl_jax.training.lock`); :meth:`close`
+        leaves it held, so that the run's last files are written under it: release it with
+        ``run.lock.release()`` or a ``with run.lock:`` block.
       start_time: when this session started.
     """
 
@@ -71,6 +75,7 @@ class Run:
     total_steps: int
     elapsed_before: float
     progress_bar: progress.ProgressBar | None
+    lock: WorkdirLock
     start_time: float = dataclasses.field(default_factory=time.time)
 
     def elapsed(self) -> float:
@@ -105,8 +110,11 @@ def start_run(
 ) -> tuple[Run, Start]:
     """Checks the config, builds data and programs, and restores the latest checkpoint.
 
+    The run holds the workdir's lock (``run.lock``) until the caller releases it.
+
     Raises:
       ConfigError: invalid config (naming the field) or unusable data.
+      WorkdirBusyError: another process holds the workdir's lock (naming it).
       WorkdirConfigError: the workdir's checkpoints come from a config that changes results.
       UnreadableCheckpointError: the workdir has checkpoints, but none can be read.
     """
@@ -114,6 +122,23 @@ def start_run(
     mesh = parallel.make_mesh() if mesh is None else mesh
     config = validate_config(config, num_devices=mesh.size, process_count=jax.process_count())
     check_dataset_memory(config)  # before a shapes dataset of an absurd size is generated
+    # Before anything in the workdir is read or written; a second run is refused at once.
+    lock = lock_workdir(workdir)
+    try:
+        return _start_locked(config, workdir, source, mesh, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _start_locked(
+    config: Config,
+    workdir: str,
+    source: DataSource | None,
+    mesh: jax.sharding.Mesh,
+    lock: WorkdirLock,
+) -> tuple[Run, Start]:
+    """:func:`start_run` once the workdir is locked."""
     if source is None:
         try:
             source = create_source(config.data, seed=config.seed)
@@ -163,7 +188,7 @@ def start_run(
         bar = progress.ProgressBar(total_steps, start.restored_step or 0, config.batch_size)
     run = Run(
         config, workdir, source, mesh, programs, ckpt, log, epoch_steps, total_steps,
-        elapsed_before, bar,
+        elapsed_before, bar, lock,
     )  # fmt: skip
     return run, start
 

@@ -296,3 +296,20 @@ def test_a_rerun_with_another_setting_is_one_line_and_keeps_the_earlier_results(
     md = open(os.path.join(workdir, "compare.md")).read()
     assert "| BCE |" in md and "| ASL + adaptive γ− |" in md
     assert sorted(os.listdir(os.path.join(workdir, "plots"))) == ["delta_p.png", "map.png"]
+
+
+@pytest.mark.parametrize("seeds", [None, (0, 1)])
+def test_a_second_comparison_in_a_workdir_in_use_is_refused_before_any_run(tmp_path, seeds):
+    from asl_jax.training.lock import WorkdirBusyError, lock_workdir
+    from train.configs.default import get_config
+
+    def train_fn(*args, **kwargs):
+        raise AssertionError("no run may start")
+
+    with lock_workdir(tmp_path, what="python -m train.compare (the first)"):
+        with pytest.raises(WorkdirBusyError, match=r"in use by process \d+ .*\(the first\)"):
+            if seeds is None:
+                compare.compare(get_config(), tmp_path, ("bce",), train_fn=train_fn)
+            else:
+                compare.compare_seeds(get_config(), tmp_path, ("bce",), seeds, train_fn=train_fn)
+    assert os.listdir(tmp_path) == []

@@ -171,3 +171,15 @@ def test_cli_tunes_thresholds_and_warns_on_the_same_split(comparison, tmp_path):
     assert "| metric | % | % at the thresholds tuned on val |" in proc.stdout
     assert f"Per-class thresholds in {copy}/thresholds.json" in proc.stdout
     assert "| mAP |" in proc.stdout and "| – |" in proc.stdout.split("| mAP |")[1].split("\n")[0]
+
+
+def test_writing_into_a_workdir_in_use_is_refused_reading_it_is_not(comparison, tmp_path):
+    from asl_jax.training.lock import WorkdirBusyError, lock_workdir
+
+    run = comparison.run
+    with lock_workdir(run, what="python -m train (training)"):
+        for kwargs in ({}, {"output": os.path.join(run, "mine.json")}, {"tune_on": "val"}):
+            with pytest.raises(WorkdirBusyError, match=r"in use by process \d+ "):
+                evaluate_workdir(run, **kwargs)
+        assert evaluate_workdir(run, output=tmp_path / "e.json")["step"] == 8
+    assert not os.path.exists(os.path.join(run, "mine.json"))
