@@ -16,7 +16,7 @@ model, schedule and config overrides (the ``--config`` / ``--config.*`` flags of
 | ``asl_adaptive`` | the same ASL with ``loss.adaptive=True`` (γ− starts at ``loss.gamma_neg``) |
 | ``focal_margin`` | focal loss with the logit margin ``loss.margin`` on the positives |
 | ``hill``         | Hill: focal margin positives, ``(loss.hill_lambda − p)·p²`` negatives |
-| ``splc``         | focal margin with SPLC's label correction (``loss.splc_tau`` after ``loss.splc_warmup_epochs``) |
+| ``splc``         | focal margin, negatives above ``loss.splc_tau`` taken as positives |
 
 The first four (the paper's comparison) run by default; the losses for missing labels
 (``focal_margin``, ``hill``, ``splc``: Zhang et al., 2021) when named.
