@@ -100,20 +100,14 @@ def read_workdir_config(workdir: str) -> Config:
 def _checkpoint_config(workdir: str) -> tuple[int | None, dict[str, Any] | None]:
     """The config stored with the newest checkpoint of ``workdir`` that has one, and its step."""
     from asl_jax.training.checkpoint import Checkpointer
+    from asl_jax.training.workdir import newest_stored_config
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckpt_dir):  # Checkpointer() would create it
         return None, None
     ckpt = Checkpointer(ckpt_dir)
     try:
-        for step in sorted(ckpt.all_steps(), reverse=True):
-            try:
-                stored = ckpt.config(step)
-            except Exception:  # damaged metadata: an older checkpoint may tell
-                continue
-            if stored is not None:
-                return step, stored
-        return None, None
+        return newest_stored_config(ckpt)
     finally:
         ckpt.close()
 

@@ -63,7 +63,7 @@ def refuse_other_config(config: Config, workdir: str, ckpt: Checkpointer | None 
     one the run is refused.
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    stored_step, stored = _checkpoint_config(ckpt)
+    stored_step, stored = newest_stored_config(ckpt)
     try:
         recorded, problem = read_json(path), None
     except FileNotFoundError:
@@ -96,7 +96,7 @@ def refuse_other_config(config: Config, workdir: str, ckpt: Checkpointer | None 
         )
 
 
-def _checkpoint_config(ckpt: Checkpointer | None) -> tuple[int | None, dict | None]:
+def newest_stored_config(ckpt: Checkpointer | None) -> tuple[int | None, dict | None]:
     """The config stored with the newest checkpoint that has one, and its step."""
     for step in sorted(ckpt.all_steps() if ckpt is not None else (), reverse=True):
         try:
