@@ -66,16 +66,6 @@ def main(argv: list[str]) -> int:
 
     try:
         result = train_and_evaluate(cli.typed_config(), flags.FLAGS.workdir)
-    except jax.errors.JaxRuntimeError as e:
-        line = multi_host and supervise.lost_peer_line(
-            e, workdir=f.workdir, process_id=jax.process_index(), num_processes=jax.process_count()
-        )
-        if not line:
-            raise
-        cli.error(line)
-        sys.stdout.flush()
-        # Exiting normally would wait for the coordination service, which aborts in C++.
-        os._exit(1)
     except (
         CheckpointSaveError,
         ConfigError,
@@ -85,6 +75,18 @@ def main(argv: list[str]) -> int:
         UnreadableCheckpointError,
     ) as e:
         return cli.error(str(e))
+    except (jax.errors.JaxRuntimeError, ValueError) as e:
+        # A lost peer fails the next collective: in the step (JaxRuntimeError) or in a host-side
+        # all-gather while the run closes (ValueError), whichever comes first.
+        line = multi_host and supervise.lost_peer_line(
+            e, workdir=f.workdir, process_id=jax.process_index(), num_processes=jax.process_count()
+        )
+        if not line:
+            raise
+        cli.error(line)
+        sys.stdout.flush()
+        # Exiting normally would wait for the coordination service, which aborts in C++.
+        os._exit(1)
     if jax.process_index() == 0:
         print(format_summary(result.summary), flush=True)
     if result.interrupted:

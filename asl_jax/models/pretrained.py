@@ -437,6 +437,12 @@ def _refuse_what_is_not_weights(path: str, safetensors: bool) -> None:
     if safetensors:
         if _is_safetensors(head, size):
             return
+        if len(head) >= 9 and head[8:9] == b"{":  # the format's start, cut short
+            length = int.from_bytes(head[:8], "little")
+            raise ValueError(
+                f"{path} is not a readable safetensors file (truncated: a header of {length} "
+                f"bytes announced, {size - 8} byte(s) follow)"
+            )
     elif head.startswith(b"PK\x03\x04") or _is_pickle(head):
         return
     raise ValueError(f"{path} is not a {kind} file: it looks like {_looks_like(path, head, size)}")

@@ -264,7 +264,7 @@ def test_invalid_config_fails_before_training_with_the_field_named(tmp_path):
             ["--workdir=x", "--zzz"],
             "unknown flag --zzz; the flags of this command are --best, --ema, --output, ",
         ),
-        ("train.evaluate", [], "flag --workdir=None: Flag --workdir must have a value"),
+        ("train.evaluate", [], "--workdir is required: the workdir of a training run"),
         ("train.predict", ["--workdir=x", "--jsn"], "unknown flag --jsn; did you mean --json?"),
         (
             "train.sweep",
