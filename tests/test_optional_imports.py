@@ -150,7 +150,7 @@ def test_optional_packages_are_imported_only_after_importorskip():
 
 
 def test_the_check_finds_a_bare_import():
-    """The check itself: the test that broke a no-torch install (issue 25) is found."""
+    """The check itself: a bare import inside a helper a test calls is found."""
     source = (
         "import pytest\n\n\ndef _helper():\n    import torch\n    return torch\n\n\n"
         "def test_guarded():\n    pytest.importorskip('torchvision')\n    _helper()\n\n\n"

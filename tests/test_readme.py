@@ -54,7 +54,7 @@ def test_readme_python_block_runs_as_written(line, code):
 
 def test_examples_on_the_quick_start_run_name_no_fixed_step():
     """runs/default keeps only its last ``max_checkpoints_to_keep`` checkpoints and its best:
-    an example with ``--step=N`` on it fails after the quick start (issue 25)."""
+    an example with ``--step=N`` on it would fail after the quick start."""
     sources = {"README.md": README.read_text(encoding="utf-8")}
     for path in sorted((README.parent / "train").glob("*.py")):
         sources[f"train/{path.name}"] = path.read_text(encoding="utf-8")

@@ -300,7 +300,6 @@ def compare(
     """
     from asl_jax.data import create_source
     from asl_jax.training.loop import train_and_evaluate
-    from asl_jax.training.workdir import WorkdirConfigError
 
     train_fn = train_and_evaluate if train_fn is None else train_fn
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -318,44 +317,26 @@ def compare(
     interrupted: int | None = None
     for i, loss in enumerate(losses):
         run_dir = os.path.join(workdir, loss)
-        described = _described(_raw_config(base_config, loss))
         if interrupted is not None:
+            described = _described(_raw_config(base_config, loss))
             runs.append(_entry(loss, described, run_dir, "not run"))
             continue
-        log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} ({describe_loss(described)}) -> {run_dir}")
-        resumed_from = _latest_step(run_dir)
-        start = time.time()
-        try:
-            config = loss_config(base_config, loss)
-            if resumed_from is not None:
-                config, _ = keep_unused_loss_fields(config, loss, run_dir)
-            result = train_fn(config, run_dir, source=source, handle_signals=handle_signals)
-        except KeyboardInterrupt:  # a second Ctrl-C aborts the run without a checkpoint
-            interrupted = int(signal.SIGINT)
-            error = "KeyboardInterrupt: aborted (second Ctrl-C)"
-            runs.append(_entry(loss, described, run_dir, "interrupted", error=error))
-            continue
-        except WorkdirConfigError as e:  # a rerun with another setting: one line, nothing lost
-            log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} refused: {e}")
-            runs.append(
-                _entry(loss, described, run_dir, "failed", error=f"{type(e).__name__}: {e}")
-            )
-            continue
-        except Exception as e:  # one bad run must not cost the others
-            log(f"[{i + 1}/{len(losses)}] {LABELS[loss]} FAILED:\n{traceback.format_exc()}")
-            runs.append(failed_entry(loss, described, run_dir, e))
-            continue
-        entry = run_entry(loss, config, result, resumed_from)
-        runs.append(entry)
-        records[loss] = list(result.records)
-        if result.interrupted is not None:
-            interrupted = int(result.interrupted) or int(signal.SIGTERM)
-        verb = "reused" if resumed_from == entry["total_steps"] else "done"
-        log(
-            f"[{i + 1}/{len(losses)}] {LABELS[loss]} {verb} in {time.time() - start:.0f} s: "
-            f"final mAP {percent(entry['final_map'])} (EMA {percent(entry['final_map_ema'])}), "
-            f"best {percent(entry['best_map'])}"
+        entry, result = _run_one(
+            base_config,
+            loss,
+            run_dir,
+            prefix=f"[{i + 1}/{len(losses)}] {LABELS[loss]}",
+            source=source,
+            train_fn=train_fn,
+            handle_signals=handle_signals,
+            log=log,
         )
+        runs.append(entry)
+        if result is not None:
+            records[loss] = list(result.records)
+        if entry["status"] == "interrupted":
+            interrupted = int(signal.SIGINT) if result is None else int(result.interrupted)
+            interrupted = interrupted or int(signal.SIGTERM)
 
     result = {
         "command": command,
@@ -368,6 +349,50 @@ def compare(
     }
     _write_results(result, records, log)
     return result
+
+
+def _run_one(
+    base_config: Config | Mapping[str, Any],
+    loss: str,
+    run_dir: str,
+    *,
+    prefix: str,
+    source: Any,
+    train_fn: Callable[..., Any],
+    handle_signals: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], Any]:
+    """Trains (or resumes, or reuses) the run of ``loss``: its compare.json entry, and the
+    training result (None when the run raised)."""
+    from asl_jax.training.workdir import WorkdirConfigError
+
+    described = _described(_raw_config(base_config, loss))
+    log(f"{prefix} ({describe_loss(described)}) -> {run_dir}")
+    resumed_from = _latest_step(run_dir)
+    start = time.time()
+    try:
+        config = loss_config(base_config, loss)
+        if resumed_from is not None:
+            config, _ = keep_unused_loss_fields(config, loss, run_dir)
+        result = train_fn(config, run_dir, source=source, handle_signals=handle_signals)
+    except KeyboardInterrupt:  # a second Ctrl-C aborts the run without a checkpoint
+        error = "KeyboardInterrupt: aborted (second Ctrl-C)"
+        return _entry(loss, described, run_dir, "interrupted", error=error), None
+    except WorkdirConfigError as e:  # a rerun with another setting: one line, nothing lost
+        log(f"{prefix} refused: {e}")
+        error = f"{type(e).__name__}: {e}"
+        return _entry(loss, described, run_dir, "failed", error=error), None
+    except Exception as e:  # one bad run must not cost the others
+        log(f"{prefix} FAILED:\n{traceback.format_exc()}")
+        return failed_entry(loss, described, run_dir, e), None
+    entry = run_entry(loss, config, result, resumed_from)
+    verb = "reused" if resumed_from == entry["total_steps"] else "done"
+    log(
+        f"{prefix} {verb} in {time.time() - start:.0f} s: "
+        f"final mAP {percent(entry['final_map'])} (EMA {percent(entry['final_map_ema'])}), "
+        f"best {percent(entry['best_map'])}"
+    )
+    return entry, result
 
 
 def _status(runs: Sequence[Mapping[str, Any]], interrupted: int | None) -> str:

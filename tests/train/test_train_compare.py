@@ -264,7 +264,7 @@ def test_setup_line_states_the_batch_size_the_runs_used(used, expected):
 def test_a_rerun_with_another_setting_is_one_line_and_keeps_the_earlier_results(
     comparison, tmp_path
 ):
-    """Issue 25: rerunning in the same workdir with a changed setting refuses the run in one
+    """Rerunning in the same workdir with a changed setting refuses the run in one
     line (no traceback), and compare.json / compare.md keep the earlier runs."""
     from asl_jax.training.workdir import WorkdirConfigError
 
