@@ -19,8 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models import resnet, tresnet, vit
+from asl_jax.models import efficientnet, resnet, tresnet, vit
 from asl_jax.models.cnn import SmallCNN
+from asl_jax.models.efficientnet import EfficientNet
+from asl_jax.models.heads import HEAD_NAMES, MLDecoder, frozen_mask, ml_decoder_layout
 from asl_jax.models.normalization import NORMALIZATION_NAMES, NORMALIZATIONS
 from asl_jax.models.resnet import (
     BasicBlock,
@@ -31,18 +33,21 @@ from asl_jax.models.resnet import (
     ResNet50,
     ResNet101,
 )
-from asl_jax.models.torch_layout import TorchLayout
+from asl_jax.models.torch_layout import TorchLayout, mirrored_to_flax, mirrored_to_torch
 from asl_jax.models.tresnet import TResNet, TResNetL, TResNetM
 from asl_jax.models.vit import VisionTransformer, ViTB16
 
 __all__ = [
     "DTYPE_NAMES",
+    "HEAD_NAMES",
     "MODELS",
     "MODEL_NAMES",
     "NORMALIZATIONS",
     "NORMALIZATION_NAMES",
     "BasicBlock",
     "Bottleneck",
+    "EfficientNet",
+    "MLDecoder",
     "ModelSpec",
     "ResNet",
     "ResNet18",
@@ -58,8 +63,10 @@ __all__ = [
     "VisionTransformer",
     "create_model",
     "default_normalization",
+    "frozen_mask",
     "pretrained_model_names",
     "resolve_dtype",
+    "torch_layout",
 ]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -96,9 +103,12 @@ _TORCHVISION_RESNET = TorchLayout(
 )
 
 
-def _timm_layout(module: Any, normalization: str, rename: Any = None) -> TorchLayout:
+def _timm_layout(
+    module: Any, normalization: str, rename: Any = None, ml_decoder_head: str | None = None
+) -> TorchLayout:
     """timm's TResNet and ViT (``module`` has their converters); the Flax head is ``head``."""
     return TorchLayout(
+        ml_decoder_head=ml_decoder_head,
         rename=rename,
         to_flax=module.torch_to_flax,
         to_torch=module.flax_to_torch,
@@ -109,7 +119,10 @@ def _timm_layout(module: Any, normalization: str, rename: Any = None) -> TorchLa
     )
 
 
-_TIMM_TRESNET = _timm_layout(tresnet, TResNet.normalization, tresnet.remap_legacy_keys)
+# timm's add_ml_decoder_head replaces TResNet's whole ``head`` (its linear layer is ``head.fc``).
+_TIMM_TRESNET = _timm_layout(
+    tresnet, TResNet.normalization, tresnet.remap_legacy_keys, ml_decoder_head="head"
+)
 _TIMM_VIT = _timm_layout(vit, VisionTransformer.normalization)
 
 
@@ -117,6 +130,24 @@ def _resnet(build: Callable[..., nn.Module]) -> ModelSpec:
     return ModelSpec(
         build, "num_filters", ResNet.num_filters, ResNet.normalization, _TORCHVISION_RESNET
     )
+
+
+def _efficientnet(name: str) -> ModelSpec:
+    """timm's EfficientNet ``name`` (its layout reads torchvision's and efficientnet_pytorch's
+    names too)."""
+    build, _ = efficientnet.VARIANTS[name]
+    lite = build.keywords["lite"]
+    depths = efficientnet.stage_depths(build.keywords["depth_multiplier"], lite)
+    normalization = build.keywords["normalization"]
+    layout = TorchLayout(
+        to_flax=mirrored_to_flax,
+        to_torch=mirrored_to_torch,
+        head=efficientnet.TORCH_HEAD,
+        normalization=normalization,
+        source="timm",
+        rename=efficientnet.rename_efficientnet_pytorch(depths),
+    )
+    return ModelSpec(build, "width", EfficientNet.width, normalization, layout)
 
 
 #: Every model ``create_model`` builds (inputs: float32 images in [0, 1]).
@@ -139,6 +170,7 @@ MODELS: dict[str, ModelSpec] = {
         VisionTransformer.normalization,
         _TIMM_VIT,
     ),
+    **{name: _efficientnet(name) for name in efficientnet.VARIANTS},
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -146,6 +178,19 @@ MODEL_NAMES = tuple(MODELS)
 def pretrained_model_names() -> tuple[str, ...]:
     """The models that can start from PyTorch weights (those with a :class:`TorchLayout`)."""
     return tuple(name for name, spec in MODELS.items() if spec.torch is not None)
+
+
+def torch_layout(name: str, head: str = "linear") -> TorchLayout | None:
+    """The torch layout of model ``name`` with the classifier head ``head`` (None: the model has
+    no layout)."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    if head not in HEAD_NAMES:
+        raise ValueError(f"model.head={head!r}: expected one of {', '.join(HEAD_NAMES)}")
+    layout = MODELS[name].torch
+    if layout is None or head == "linear":
+        return layout
+    return ml_decoder_layout(layout)
 
 
 def default_normalization(name: str) -> str:
@@ -182,6 +227,8 @@ def create_model(
     dtype: Any = jnp.float32,
     width: int | None = None,
     normalization: str = "auto",
+    head: str = "linear",
+    ml_decoder_groups: int = 0,
 ) -> nn.Module:
     """Builds a classifier by name.
 
@@ -199,6 +246,9 @@ def create_model(
       normalization: input normalisation, a name of :data:`NORMALIZATIONS`; ``"auto"`` = the
         model's own (:func:`default_normalization`). Pretrained weights need theirs
         (:func:`asl_jax.models.pretrained.resolve_normalization`).
+      head: the classifier head, ``"linear"`` or ``"ml_decoder"``
+        (:class:`~asl_jax.models.heads.MLDecoder` on the feature map or the ViT tokens).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
 
     Returns:
       A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
@@ -215,6 +265,13 @@ def create_model(
         raise ValueError(f"model.width={width!r}: expected a positive integer or None")
     if name not in MODELS:
         raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    if head not in HEAD_NAMES:
+        raise ValueError(f"model.head={head!r}: expected one of {', '.join(HEAD_NAMES)}")
+    if not isinstance(ml_decoder_groups, int) or ml_decoder_groups < 0:
+        raise ValueError(
+            f"model.ml_decoder_groups={ml_decoder_groups!r}: expected 0 (the default) or a "
+            "positive number of queries"
+        )
     spec = MODELS[name]
     if normalization == "auto":
         normalization = spec.normalization
@@ -227,5 +284,7 @@ def create_model(
         num_classes=num_classes,
         dtype=resolve_dtype(dtype),
         normalization=normalization,
+        classifier=head,
+        ml_decoder_groups=ml_decoder_groups,
         **{spec.width_argument: spec.default_width if width is None else width},
     )

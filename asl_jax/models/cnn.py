@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asl_jax.models.heads import classifier_head, global_average
 from asl_jax.models.normalization import normalize
 
 
@@ -28,6 +29,9 @@ class SmallCNN(nn.Module):
       normalization: input normalisation (:data:`asl_jax.models.normalization.NORMALIZATIONS`);
         ``"centered"`` maps [0, 1] to [-2, 2]: channel statistics of natural images are
         irrelevant for generated data, centring is enough for the first batch norm to take over.
+      classifier: the head on the features, a name of
+        :data:`~asl_jax.models.heads.HEAD_NAMES` (``linear`` or ``ml_decoder``).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
     """
 
     num_classes: int
@@ -36,6 +40,8 @@ class SmallCNN(nn.Module):
     blocks_per_stage: int = 2
     dtype: Any = jnp.float32
     normalization: str = "centered"
+    classifier: str = "linear"
+    ml_decoder_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -48,7 +54,13 @@ class SmallCNN(nn.Module):
                 x = nn.relu(x)
             if stage < self.num_stages - 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
         # The loss is computed in float32 whatever the compute dtype.
-        return x.astype(jnp.float32)
+        return classifier_head(
+            x,
+            head=self.classifier,
+            num_classes=self.num_classes,
+            groups=self.ml_decoder_groups,
+            pool=global_average,
+            train=train,
+            dtype=self.dtype,
+        )

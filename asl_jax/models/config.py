@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from asl_jax.config_fields import ConfigBlock, ConfigError, Effect, at_least, one_of, option
 from asl_jax.models import (
     DTYPE_NAMES,
+    HEAD_NAMES,
     MODELS,
     NORMALIZATION_NAMES,
     default_normalization,
@@ -61,6 +62,20 @@ class ModelConfig(ConfigBlock):
         check=one_of(("auto", *NORMALIZATION_NAMES)),
         absent=_normalization_of_older_runs,
     )
+    head: str = option(
+        "linear",
+        "classifier head: linear (pooled features, one dense layer) or ml_decoder (ML-Decoder "
+        "on every position / token: 768-wide cross-attention of fixed queries, group FC)",
+        effect=Effect.PROGRAM,
+        check=one_of(HEAD_NAMES),
+    )
+    ml_decoder_groups: int = option(
+        0,
+        "ML-Decoder's number of queries, each scoring ceil(classes / groups) classes "
+        "(0 = min(classes, 100); model.head=ml_decoder only)",
+        effect=Effect.PROGRAM,
+        check=at_least(0),
+    )
     freeze_backbone_steps: int = option(
         0,
         "keep every parameter but the classifier head fixed for this many steps (0 = never)",
@@ -73,6 +88,10 @@ class ModelConfig(ConfigBlock):
             kind, _ = parse_pretrained(self.pretrained)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.ml_decoder_groups and self.head != "ml_decoder":
+            raise self.fail(
+                "ml_decoder_groups", self.ml_decoder_groups, "0 unless model.head='ml_decoder'"
+            )
         has_layout = MODELS[self.name].torch is not None
         if self.freeze_backbone_steps and not has_layout:
             raise self.fail(

@@ -43,7 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from asl_jax.compile_options import FAST_COMPILE
-from asl_jax.models import MODELS, TorchLayout, create_model, pretrained_model_names
+from asl_jax.models import (
+    MODELS,
+    TorchLayout,
+    create_model,
+    pretrained_model_names,
+    torch_layout,
+)
+from asl_jax.models.heads import has_ml_decoder
 from asl_jax.models.normalization import NORMALIZATIONS
 from asl_jax.models.torch_layout import NUM_BATCHES_TRACKED
 
@@ -68,10 +75,10 @@ _SHOWN = 5  # keys listed per kind of mismatch
 _TORCH_EXTRA = 'pip install "asl-jax[torch]"'
 
 
-def _layout(name: str) -> TorchLayout:
+def _layout(name: str, head: str = "linear") -> TorchLayout:
     if name not in MODELS:
         raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODELS)}")
-    layout = MODELS[name].torch
+    layout = torch_layout(name, head)
     if layout is None:
         raise ValueError(
             f"model.name={name!r} has no PyTorch layout, so it cannot start from PyTorch "
@@ -111,24 +118,30 @@ def _clean(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _model_shapes(name: str, num_classes: int, image_size: int) -> tuple[Any, list[Any], Any]:
+def _model_shapes(
+    name: str, num_classes: int, image_size: int, head: str = "linear", groups: int = 0
+) -> tuple[Any, list[Any], Any]:
     """The model, the shapes of its variables (flattened) and their tree structure."""
-    model = create_model(name, num_classes=num_classes)
+    model = create_model(name, num_classes=num_classes, head=head, ml_decoder_groups=groups)
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
     leaves, treedef = jax.tree.flatten(shapes)
     return model, leaves, treedef
 
 
-def _expected_shapes(name: str, num_classes: int, image_size: int) -> dict[str, tuple]:
+def _expected_shapes(
+    name: str, num_classes: int, image_size: int, head: str, groups: int
+) -> dict[str, tuple]:
     """Torch name -> shape of every entry the model's state dict has."""
-    _, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    _, leaves, treedef = _model_shapes(name, num_classes, image_size, head, groups)
     zeros = [np.broadcast_to(np.zeros((), leaf.dtype), leaf.shape) for leaf in leaves]
-    state_dict = _layout(name).to_torch(jax.tree.unflatten(treedef, zeros))
+    state_dict = _layout(name, head).to_torch(jax.tree.unflatten(treedef, zeros))
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
-def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) -> dict[str, Any]:
+def _fresh_head(
+    name: str, num_classes: int, image_size: int, rng: jax.Array, head: str, groups: int
+) -> dict[str, Any]:
     """The head entries (torch names) of the model as its own initialisation makes them.
 
     Only the head is computed: each variable is marked with its index and mapped through the
@@ -137,8 +150,8 @@ def _fresh_head(name: str, num_classes: int, image_size: int, rng: jax.Array) ->
     initialisation is slow to compile and run on a CPU). Flax derives each variable's random
     stream from its path, so the values equal a full initialisation's.
     """
-    layout = _layout(name)
-    model, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    layout = _layout(name, head)
+    model, leaves, treedef = _model_shapes(name, num_classes, image_size, head, groups)
     marked = [np.broadcast_to(np.float32(i), leaf.shape) for i, leaf in enumerate(leaves)]
     torch_marked = layout.to_torch(jax.tree.unflatten(treedef, marked))
     head_keys = [k for k in torch_marked if _is_head(k, layout.head)]
@@ -177,10 +190,14 @@ def _mismatch_error(
 
 
 def _check(
-    name: str, state_dict: dict[str, np.ndarray], expected: dict[str, tuple], num_classes: int
+    layout: TorchLayout,
+    name: str,
+    state_dict: dict[str, np.ndarray],
+    expected: dict[str, tuple],
+    num_classes: int,
 ) -> bool:
     """Raises on any difference outside the head; returns whether the head fits as it is."""
-    head = _layout(name).head
+    head = layout.head
     body = [k for k in expected if not _is_head(k, head)]
     missing = [k for k in body if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected and not _is_head(k, head)]
@@ -203,14 +220,17 @@ def convert_torch(
     num_classes: int,
     rng: jax.Array | None = None,
     image_size: int = 224,
+    head: str = "linear",
+    ml_decoder_groups: int = 0,
 ) -> tuple[dict[str, Any], str]:
     """:func:`from_torch`, also returning a one-line description of what happened to the head."""
-    layout = _layout(name)
+    layout = _layout(name, head)
+    groups = ml_decoder_groups
     arrays = _clean(state_dict)
     if layout.rename is not None:
         arrays = layout.rename(arrays)
-    expected = _expected_shapes(name, num_classes, image_size)
-    if _check(name, arrays, expected, num_classes):
+    expected = _expected_shapes(name, num_classes, image_size, head, groups)
+    if _check(layout, name, arrays, expected, num_classes):
         note = f"head {layout.head!r} kept ({num_classes} classes)"
     else:
         given = [f"{k} {tuple(arrays[k].shape)}" for k in arrays if _is_head(k, layout.head)]
@@ -220,7 +240,7 @@ def convert_torch(
                 f"does not fit num_classes={num_classes}: pass rng to re-initialise it"
             )
         arrays = {k: v for k, v in arrays.items() if not _is_head(k, layout.head)}
-        arrays.update(_fresh_head(name, num_classes, image_size, rng))
+        arrays.update(_fresh_head(name, num_classes, image_size, rng, head, groups))
         note = (
             f"head {layout.head!r} re-initialised for {num_classes} classes (the state dict's: "
             f"{', '.join(given) or 'absent'})"
@@ -231,7 +251,7 @@ def convert_torch(
     variables = {
         k: jax.tree.map(_owned, v) for k, v in layout.to_flax(arrays).items() if v or k == "params"
     }
-    _, leaves, treedef = _model_shapes(name, num_classes, image_size)
+    _, leaves, treedef = _model_shapes(name, num_classes, image_size, head, groups)
     reference = jax.tree.unflatten(treedef, [tuple(leaf.shape) for leaf in leaves])
     if jax.tree.map(lambda a: tuple(a.shape), dict(variables)) != dict(reference):
         raise ValueError(f"the torch layout of {name!r} does not produce the model's variables")
@@ -249,6 +269,8 @@ def from_torch(
     num_classes: int,
     rng: jax.Array | None = None,
     image_size: int = 224,
+    head: str = "linear",
+    ml_decoder_groups: int = 0,
 ) -> dict[str, Any]:
     """Flax variables (``{"params", "batch_stats"}``) of model ``name`` from a PyTorch state dict.
 
@@ -272,6 +294,11 @@ def from_torch(
       rng: a PRNG key, needed when the head is re-initialised.
       image_size: input side used to initialise the model (matters only for models whose
         parameters depend on it, e.g. position embeddings).
+      head: the model's classifier head (``model.head``): ``"linear"``, or ``"ml_decoder"``,
+        whose entries are read under timm's names (``fc.embed_standart.weight``,
+        ``fc.query_embed.weight``, …) or the official ML-Decoder code's
+        (``head.decoder.embed_standart.weight``, …).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
 
     Returns:
       ``{"params": ..., "batch_stats": ...}`` of float32 NumPy arrays, for ``model.apply``.
@@ -284,7 +311,13 @@ def from_torch(
       (2048, 20)
     """
     variables, note = convert_torch(
-        name, state_dict, num_classes=num_classes, rng=rng, image_size=image_size
+        name,
+        state_dict,
+        num_classes=num_classes,
+        rng=rng,
+        image_size=image_size,
+        head=head,
+        ml_decoder_groups=ml_decoder_groups,
     )
     _LOG.info("from_torch(%r): %s", name, note)
     return variables
@@ -293,13 +326,18 @@ def from_torch(
 def to_torch(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The PyTorch state dict of Flax ``variables`` of model ``name`` (the inverse of
     :func:`from_torch`), with zero ``num_batches_tracked`` buffers so that strict loading works.
+    An ML-Decoder head is recognised from the variables and written under timm's names.
 
     Example:
       >>> sd = to_torch("resnet50", variables)  # doctest: +SKIP
       >>> torchvision.models.resnet50(num_classes=20).load_state_dict(  # doctest: +SKIP
       ...     {k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
     """
-    out = _layout(name).to_torch(jax.device_get(dict(variables)))
+    variables = jax.device_get(dict(variables))
+    linear = _layout(name)
+    flax_head = linear.flax_head or linear.head
+    head = "ml_decoder" if has_ml_decoder(variables["params"], flax_head) else "linear"
+    out = _layout(name, head).to_torch(variables)
     for key in [k for k in out if k.endswith(".running_mean")]:
         out[key.removesuffix("running_mean") + NUM_BATCHES_TRACKED] = np.zeros((), np.int64)
     return out
@@ -661,7 +699,14 @@ def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.
 
 
 def load_pretrained(
-    model_name: str, pretrained: str, *, num_classes: int, rng: jax.Array, image_size: int = 224
+    model_name: str,
+    pretrained: str,
+    *,
+    num_classes: int,
+    rng: jax.Array,
+    image_size: int = 224,
+    head: str = "linear",
+    ml_decoder_groups: int = 0,
 ) -> tuple[dict[str, Any], str]:
     """Flax variables for ``model.pretrained`` (a file, ``torchvision:<name>``,
     ``timm:<name>``), checked and converted by :func:`convert_torch`, and a one-line description
@@ -681,7 +726,13 @@ def load_pretrained(
         if kind == "file":
             state_dict = load_state_dict(value)
         variables, note = convert_torch(
-            model_name, state_dict, num_classes=num_classes, rng=rng, image_size=image_size
+            model_name,
+            state_dict,
+            num_classes=num_classes,
+            rng=rng,
+            image_size=image_size,
+            head=head,
+            ml_decoder_groups=ml_decoder_groups,
         )
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"model.pretrained={pretrained!r}: {e}") from None

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asl_jax.models.heads import classifier_head, global_average
 from asl_jax.models.normalization import normalize
 from asl_jax.models.torch_layout import mirrored_to_flax, mirrored_to_torch
 
@@ -109,6 +110,9 @@ class ResNet(nn.Module):
       dtype: compute dtype; parameters are float32 and logits float32.
       normalization: how ``[0, 1]`` images are normalised before the stem (a name of
         :data:`asl_jax.models.normalization.NORMALIZATIONS`; ImageNet statistics by default).
+      classifier: the head on the features, a name of
+        :data:`~asl_jax.models.heads.HEAD_NAMES` (``linear`` or ``ml_decoder``).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
     """
 
     stage_sizes: Sequence[int]
@@ -117,6 +121,8 @@ class ResNet(nn.Module):
     num_filters: int = 64
     dtype: Any = jnp.float32
     normalization: str = TORCH_NORMALIZATION
+    classifier: str = "linear"
+    ml_decoder_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -142,9 +148,16 @@ class ResNet(nn.Module):
                 norm=norm,
                 name=f"layer{i + 1}",
             )(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+        return classifier_head(
+            x,
+            head=self.classifier,
+            num_classes=self.num_classes,
+            groups=self.ml_decoder_groups,
+            pool=global_average,
+            train=train,
+            dtype=self.dtype,
+            name="fc",
+        )
 
 
 class _Stage(nn.Module):

@@ -41,6 +41,8 @@ class TorchLayout:
         architecture expect, used for a weights file when ``model.normalization`` is ``"auto"``.
       source: the package whose models have this layout (``"torchvision"`` or ``"timm"``), for
         messages and for ``model.pretrained='<source>:<name>'``.
+      ml_decoder_head: the torch name prefix of an ML-Decoder head on this backbone when it is
+        not ``head`` (timm's TResNet: ``head``, where its linear classifier is ``head.fc``).
       rename: maps the names of another published layout of the same weights (the official
         ASL code's TResNet) to this layout's, before the names are checked; None = no other.
       flax_head: the Flax module path of the head (``/``-free, ``.``-separated) when it is not
@@ -53,6 +55,7 @@ class TorchLayout:
     normalization: str
     source: str
     flax_head: str | None = None
+    ml_decoder_head: str | None = None
     rename: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asl_jax.models.heads import classifier_head, global_average
 from asl_jax.models.normalization import normalize
 
 #: The torch name prefix of the classifier in timm's TResNet.
@@ -150,6 +151,9 @@ class TResNet(nn.Module):
       normalization: a name of :data:`~asl_jax.models.normalization.NORMALIZATIONS`; ``none``
         (inputs in [0, 1] as given) is what TResNet weights of the official ASL code expect.
       dtype: compute dtype; parameters are float32 and logits float32.
+      classifier: the head on the features, a name of
+        :data:`~asl_jax.models.heads.HEAD_NAMES` (``linear`` or ``ml_decoder``).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
     """
 
     stage_sizes: Sequence[int]
@@ -157,6 +161,8 @@ class TResNet(nn.Module):
     width: int = 64
     normalization: str = "none"
     dtype: Any = jnp.float32
+    classifier: str = "linear"
+    ml_decoder_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -179,9 +185,16 @@ class TResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        return classifier_head(
+            x,
+            head=self.classifier,
+            num_classes=self.num_classes,
+            groups=self.ml_decoder_groups,
+            pool=global_average,
+            train=train,
+            dtype=self.dtype,
+            name="head",
+        )
 
 
 TResNetM = partial(TResNet, stage_sizes=(3, 4, 11, 3), width=64)

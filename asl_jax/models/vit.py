@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asl_jax.models.heads import classifier_head
 from asl_jax.models.normalization import normalize
 
 #: The torch name prefix of the classifier in timm's VisionTransformer.
@@ -129,6 +130,9 @@ class VisionTransformer(nn.Module):
       normalization: a name of :data:`~asl_jax.models.normalization.NORMALIZATIONS` applied to
         the [0, 1] input.
       dtype: compute dtype; parameters are float32 and logits float32.
+      classifier: the head on the tokens (linear: on the class token; ML-Decoder: on all of
+        them), a name of :data:`~asl_jax.models.heads.HEAD_NAMES` (``linear`` or ``ml_decoder``).
+      ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
     """
 
     num_classes: int
@@ -140,10 +144,12 @@ class VisionTransformer(nn.Module):
     img_size: int = 224
     normalization: str = "inception"
     dtype: Any = jnp.float32
+    classifier: str = "linear"
+    ml_decoder_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # no dropout or batch norm: training and inference are the same function
+        # No dropout or batch norm in the backbone: ``train`` reaches only ML-Decoder's dropout.
         self._check(x)
         x = normalize(x, self.normalization, self.dtype)
         p, d = self.patch_size, self.hidden_size
@@ -160,8 +166,16 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, mlp_dim, self.dtype, name=f"blocks_{i}")(x)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x[:, 0])
-        return x.astype(jnp.float32)
+        return classifier_head(
+            x,
+            head=self.classifier,
+            num_classes=self.num_classes,
+            groups=self.ml_decoder_groups,
+            pool=lambda tokens: tokens[:, 0],
+            train=train,
+            dtype=self.dtype,
+            name="head",
+        )
 
     def _check(self, x: jax.Array) -> None:
         if self.hidden_size % self.num_heads:

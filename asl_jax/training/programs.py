@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-from asl_jax.models import MODELS, create_model
+from asl_jax.models import create_model, frozen_mask, torch_layout
 from asl_jax.training import parallel
 from asl_jax.training.config import Config, program_key
 from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
@@ -64,6 +64,8 @@ def build_programs(
         dtype=config.model.dtype,
         width=config.model.width_or_default,
         normalization=config.model.normalization,
+        head=config.model.head,
+        ml_decoder_groups=config.model.ml_decoder_groups,
     )
     schedule = create_schedule(
         config.schedule,
@@ -77,8 +79,11 @@ def build_programs(
         weight_decay=config.weight_decay,
         grad_clip_norm=config.grad_clip_norm or None,
     )
+    if config.model.head == "ml_decoder":
+        # ML-Decoder's query embeddings are constants: no update, weight decay included.
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))
     if config.model.freeze_backbone_steps:
-        layout = MODELS[config.model.name].torch
+        layout = torch_layout(config.model.name, config.model.head)
         head = head_mask(layout.flax_head or layout.head)
         tx = optax.chain(tx, freeze_for(config.model.freeze_backbone_steps, head))
     init = parallel.jit_init(

@@ -293,6 +293,8 @@ def initial_state(config: Config, programs: Programs, source: DataSource) -> Tra
             num_classes=source.num_classes,
             rng=jax.random.split(key)[0],
             image_size=source.image_size,
+            head=config.model.head,
+            ml_decoder_groups=config.model.ml_decoder_groups,
         )
     except (OSError, ValueError, ImportError) as e:  # missing file, mismatch, no torch
         raise ConfigError(str(e)) from None

@@ -18,8 +18,12 @@ import optax
 from asl_jax.adaptive import probability_stats, update_gamma_neg
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.losses import known_labels_mask, reduce_loss
+from asl_jax.models.heads import frozen_mask
 from asl_jax.training.loss_registry import INVERSE_FREQUENCY, LossConfig, parse_class_weights
 from asl_jax.training.state import TrainState
+
+#: ``fold_in`` constant of the dropout stream within a step's key.
+_DROPOUT_STREAM = 1
 
 
 def elementwise_loss(
@@ -85,6 +89,12 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def dropout_key(state: TrainState) -> jax.Array:
+    """The key of the step's dropout (ML-Decoder, stochastic depth): a stream of its own, derived
+    from the step's key that the augmentation uses."""
+    return jax.random.fold_in(jax.random.fold_in(state.key, state.step), _DROPOUT_STREAM)
+
+
 def augmented_images(
     state: TrainState, batch: dict[str, jax.Array], augment: AugmentConfig
 ) -> jax.Array:
@@ -119,6 +129,7 @@ def loss_and_logits(
         images,
         train=True,
         mutable=["batch_stats"],
+        rngs={"dropout": dropout_key(state)},
     )
     logits = logits.astype(jnp.float32)
     value = reduce_loss(
@@ -208,6 +219,10 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(ema_decay, state.step - state.num_skipped)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    # Constants (ML-Decoder's queries) stay exact: the EMA of equal values rounds.
+    ema_params = jax.tree.map(
+        lambda frozen, p, e: p if frozen else e, frozen_mask(params), params, ema_params
+    )
     ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
     new_gamma_neg = (
         _next_gamma_neg(loss, state.gamma_neg, stats.delta_p) if loss.adaptive else state.gamma_neg
