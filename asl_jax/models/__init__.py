@@ -19,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models import efficientnet, resnet, tresnet, vit
+from asl_jax.models import convnext, efficientnet, resnet, tresnet, vit
 from asl_jax.models.cnn import SmallCNN
+from asl_jax.models.convnext import ConvNeXt
 from asl_jax.models.efficientnet import EfficientNet
 from asl_jax.models.heads import HEAD_NAMES, MLDecoder, frozen_mask, ml_decoder_layout
 from asl_jax.models.normalization import NORMALIZATION_NAMES, NORMALIZATIONS
@@ -46,6 +47,7 @@ __all__ = [
     "NORMALIZATION_NAMES",
     "BasicBlock",
     "Bottleneck",
+    "ConvNeXt",
     "EfficientNet",
     "MLDecoder",
     "ModelSpec",
@@ -85,6 +87,7 @@ class ModelSpec:
       normalization: the input normalisation of a model trained from scratch (``"auto"``).
       torch: how the model's variables correspond to a PyTorch ``state_dict``; None when the
         model cannot start from PyTorch weights.
+      drop_path: whether the model has stochastic depth (``drop_path_rate``).
     """
 
     build: Callable[..., nn.Module]
@@ -92,6 +95,7 @@ class ModelSpec:
     default_width: int
     normalization: str
     torch: TorchLayout | None = None
+    drop_path: bool = False
 
 
 _TORCHVISION_RESNET = TorchLayout(
@@ -150,6 +154,23 @@ def _efficientnet(name: str) -> ModelSpec:
     return ModelSpec(build, "width", EfficientNet.width, normalization, layout)
 
 
+_CONVNEXT = TorchLayout(
+    to_flax=convnext.torch_to_flax,
+    to_torch=convnext.flax_to_torch,
+    head=convnext.TORCH_HEAD,
+    normalization="imagenet",
+    source="timm",
+    flax_head=convnext.TORCH_HEAD,
+    ml_decoder_head=convnext.TORCH_ML_DECODER_HEAD,
+    rename=convnext.rename_torchvision,
+)
+
+
+def _convnext(name: str) -> ModelSpec:
+    build = convnext.VARIANTS[name]
+    return ModelSpec(build, "width", build.keywords["width"], "imagenet", _CONVNEXT, drop_path=True)
+
+
 #: Every model ``create_model`` builds (inputs: float32 images in [0, 1]).
 MODELS: dict[str, ModelSpec] = {
     "cnn": ModelSpec(SmallCNN, "width", SmallCNN.width, SmallCNN.normalization),
@@ -171,6 +192,7 @@ MODELS: dict[str, ModelSpec] = {
         _TIMM_VIT,
     ),
     **{name: _efficientnet(name) for name in efficientnet.VARIANTS},
+    **{name: _convnext(name) for name in convnext.VARIANTS},
 }
 MODEL_NAMES = tuple(MODELS)
 
@@ -229,6 +251,7 @@ def create_model(
     normalization: str = "auto",
     head: str = "linear",
     ml_decoder_groups: int = 0,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """Builds a classifier by name.
 
@@ -249,6 +272,8 @@ def create_model(
       head: the classifier head, ``"linear"`` or ``"ml_decoder"``
         (:class:`~asl_jax.models.heads.MLDecoder` on the feature map or the ViT tokens).
       ml_decoder_groups: ML-Decoder's number of queries (0 = ``min(num_classes, 100)``).
+      drop_path_rate: stochastic depth of the last block, in training (0 = none); only for the
+        models whose :class:`ModelSpec` has ``drop_path`` (ConvNeXt).
 
     Returns:
       A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
@@ -273,6 +298,12 @@ def create_model(
             "positive number of queries"
         )
     spec = MODELS[name]
+    if drop_path_rate and not spec.drop_path:
+        raise ValueError(
+            f"model.drop_path_rate={drop_path_rate!r}: model.name={name!r} has no stochastic "
+            f"depth (models that have: {', '.join(n for n, s in MODELS.items() if s.drop_path)})"
+        )
+    extra = {"drop_path_rate": drop_path_rate} if spec.drop_path else {}
     if normalization == "auto":
         normalization = spec.normalization
     if normalization not in NORMALIZATIONS:
@@ -286,5 +317,6 @@ def create_model(
         normalization=normalization,
         classifier=head,
         ml_decoder_groups=ml_decoder_groups,
+        **extra,
         **{spec.width_argument: spec.default_width if width is None else width},
     )

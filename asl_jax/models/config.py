@@ -6,7 +6,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from asl_jax.config_fields import ConfigBlock, ConfigError, Effect, at_least, one_of, option
+from asl_jax.config_fields import (
+    ConfigBlock,
+    ConfigError,
+    Effect,
+    at_least,
+    interval,
+    one_of,
+    option,
+)
 from asl_jax.models import (
     DTYPE_NAMES,
     HEAD_NAMES,
@@ -76,6 +84,15 @@ class ModelConfig(ConfigBlock):
         effect=Effect.PROGRAM,
         check=at_least(0),
     )
+    drop_path_rate: float = option(
+        0.0,
+        "stochastic depth in training: the last block's residual branch is dropped with this "
+        "probability, earlier blocks' linearly less (0 = none; "
+        + ", ".join(name for name, spec in MODELS.items() if spec.drop_path)
+        + ")",
+        effect=Effect.PROGRAM,
+        check=interval(0.0, 1.0, high_open=True),
+    )
     freeze_backbone_steps: int = option(
         0,
         "keep every parameter but the classifier head fixed for this many steps (0 = never)",
@@ -91,6 +108,12 @@ class ModelConfig(ConfigBlock):
         if self.ml_decoder_groups and self.head != "ml_decoder":
             raise self.fail(
                 "ml_decoder_groups", self.ml_decoder_groups, "0 unless model.head='ml_decoder'"
+            )
+        if self.drop_path_rate and not MODELS[self.name].drop_path:
+            raise self.fail(
+                "drop_path_rate",
+                self.drop_path_rate,
+                f"0 for model.name={self.name!r} (it has no stochastic depth)",
             )
         has_layout = MODELS[self.name].torch is not None
         if self.freeze_backbone_steps and not has_layout:

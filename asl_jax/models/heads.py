@@ -340,7 +340,8 @@ def ml_decoder_layout(layout: TorchLayout) -> TorchLayout:
     too (:func:`rename_official_ml_decoder`).
     """
     prefix = layout.ml_decoder_head or layout.head
-    flax_head = layout.flax_head or layout.head
+    # The ML-Decoder module is named as its torch prefix when the layout names one.
+    flax_head = layout.ml_decoder_head or layout.flax_head or layout.head
 
     def split(state_dict: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
         head = {k: v for k, v in state_dict.items() if k.startswith(prefix + ".")}

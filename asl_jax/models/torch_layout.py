@@ -42,7 +42,8 @@ class TorchLayout:
       source: the package whose models have this layout (``"torchvision"`` or ``"timm"``), for
         messages and for ``model.pretrained='<source>:<name>'``.
       ml_decoder_head: the torch name prefix of an ML-Decoder head on this backbone when it is
-        not ``head`` (timm's TResNet: ``head``, where its linear classifier is ``head.fc``).
+        not ``head`` (timm's TResNet and ConvNeXt: ``head``, where their linear classifier is
+        ``head.fc``); the Flax module of the ML-Decoder has the same name.
       rename: maps the names of another published layout of the same weights (the official
         ASL code's TResNet) to this layout's, before the names are checked; None = no other.
       flax_head: the Flax module path of the head (``/``-free, ``.``-separated) when it is not

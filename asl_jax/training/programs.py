@@ -66,6 +66,7 @@ def build_programs(
         normalization=config.model.normalization,
         head=config.model.head,
         ml_decoder_groups=config.model.ml_decoder_groups,
+        drop_path_rate=config.model.drop_path_rate,
     )
     schedule = create_schedule(
         config.schedule,

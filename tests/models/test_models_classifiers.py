@@ -47,8 +47,8 @@ def test_logits_are_float32_and_params_float32_for_every_compute_dtype(name, dty
     model = create_model(name, num_classes=7, dtype=dtype)
     variables = _abstract_variables(model)
     assert {x.dtype for x in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
-    # ViT has neither batch norm nor batch statistics.
-    has_batch_norm = not name.startswith("vit")
+    # ViT and ConvNeXt (layer norms) have neither batch norm nor batch statistics.
+    has_batch_norm = not name.startswith(("vit", "convnext"))
     assert ("batch_stats" in variables) == has_batch_norm
     out, updates = jax.eval_shape(
         lambda v: model.apply(v, jnp.zeros((3, 32, 32, 3)), train=True, mutable=["batch_stats"]),

@@ -66,7 +66,9 @@ def _efficientnet_lite_pytorch(name, size):
     torch.manual_seed(0)
     model = package.EfficientNet.from_name(
         # Its "SAME" padding is computed once, for this input size.
-        name.replace("efficientnet_", "efficientnet-"), num_classes=NUM_CLASSES, image_size=size
+        name.replace("efficientnet_", "efficientnet-"),
+        num_classes=NUM_CLASSES,
+        image_size=size,
     )
     return _randomise(model)
 

@@ -20,7 +20,14 @@ import pytest
 from absl.testing import parameterized
 
 from asl_jax.compile_options import FAST_COMPILE
-from asl_jax.models import MODELS, create_model, frozen_mask, torch_layout
+from asl_jax.models import (
+    MODEL_NAMES,
+    MODELS,
+    create_model,
+    frozen_mask,
+    pretrained_model_names,
+    torch_layout,
+)
 from asl_jax.models.heads import (
     MLDecoder,
     ml_decoder_groups,
@@ -231,6 +238,29 @@ def test_flax_and_torch_names_are_inverse():
         ml_decoder_to_flax(entries, "head"),
         jax.device_get(variables["params"]),
     )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_backbone_takes_the_ml_decoder_head(name):
+    model = create_model(name, num_classes=7, head="ml_decoder", ml_decoder_groups=3)
+    images = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    logits = jax.eval_shape(lambda v: model.apply(v, images, train=False), variables)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    head = [v for v in variables["params"].values() if isinstance(v, dict) and "query_embed" in v]
+    assert len(head) == 1 and head[0]["query_embed"].shape == (3, 768)
+    assert head[0]["duplicate_pooling"].shape == (3, 768, 3)
+
+
+@pytest.mark.parametrize("name", pretrained_model_names())
+def test_every_layout_converts_the_ml_decoder_head_both_ways(name):
+    variables = _zero_variables(name, 4, "ml_decoder", size=32)
+    layout = torch_layout(name, "ml_decoder")
+    state_dict = layout.to_torch(variables)
+    assert f"{layout.head}.query_embed.weight" in state_dict
+    assert f"{layout.head}.decoder.layers.0.multihead_attn.in_proj_weight" in state_dict
+    back = {k: v for k, v in layout.to_flax(state_dict).items() if v or k == "params"}
+    assert jax.tree.map(np.shape, back) == jax.tree.map(np.shape, dict(variables))
 
 
 def test_layout_names_the_head_per_backbone():
