@@ -493,5 +493,188 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
     return results
 
 
+# ------------------------------------------------------------------------------------------------
+# The classifier head's cost: linear against ML-Decoder (JAX only)
+#
+#     python -m benchmarks.models --heads                    # ResNet-50, 224 px, batch 8
+#     python -m benchmarks.models --heads --update-doc       # also BENCHMARKS.md
+
+import functools  # noqa: E402 - the head comparison's own imports, kept with it
+import types  # noqa: E402
+
+HEADS_SECTION = "models_heads"
+HEADS_JSON = "benchmarks/results/models_heads.json"
+#: Label counts of the head comparison: COCO's and ImageNet's.
+HEAD_CLASSES = (80, 1000)
+
+
+@dataclasses.dataclass
+class HeadResult:
+    """One backbone × head × number of classes: parameters, times and the XLA memory."""
+
+    model: str
+    head: str
+    num_classes: int
+    image_size: int
+    batch_size: int
+    parameters: int
+    head_parameters: int
+    timings: dict[str, _timing.Timing]  # EVAL / TRAIN -> timing
+    xla_bytes: dict[str, float | None]  # EVAL / TRAIN -> argument + output + temp bytes
+    compile_seconds: dict[str, float]
+
+
+def head_candidates(
+    name: str, head: str, num_classes: int, args: argparse.Namespace
+) -> tuple[HeadResult, dict[str, Callable[[], object]]]:
+    """The compiled eval forward and training step (ASL + Adam, as above) of ``name`` with the
+    classifier ``head`` for ``num_classes`` labels, on random weights and images."""
+    from asl_jax.models import create_model, torch_layout
+
+    model = create_model(
+        name, num_classes=num_classes, dtype=jnp.float32, normalization="none", head=head
+    )
+    rng = np.random.default_rng(args.seed)
+    x = jnp.asarray(rng.uniform(size=(args.batch, args.image_size, args.image_size, 3)), "float32")
+    y = jnp.asarray(rng.uniform(size=(args.batch, num_classes)) < 0.05, "float32")
+    options = FAST_COMPILE if args.fast_compile else None
+    init = jax.jit(lambda k: model.init(k, x[:1], train=False), compiler_options=FAST_COMPILE)
+    v = init(jax.random.key(args.seed))
+    start = time.perf_counter()
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(v, x).compile(options)
+    compile_seconds = {EVAL: time.perf_counter() - start}
+    # ML-Decoder's dropout draws from the "dropout" stream in training (a fixed key: timing only).
+    with_dropout = types.SimpleNamespace(
+        apply=functools.partial(model.apply, rngs={"dropout": jax.random.key(args.seed)})
+    )
+    step, tx = _adam_step_fn(with_dropout)
+    state = [v["params"], v.get("batch_stats", {})]
+    state.append(tx.init(state[0]))
+    start = time.perf_counter()
+    train = step.lower(*state, x, y).compile(options)
+    compile_seconds[TRAIN] = time.perf_counter() - start
+    forward_v = jax.tree.map(jnp.copy, v)
+
+    def train_call() -> None:
+        *new, loss = train(*state, x, y)
+        state[:] = new
+        jax.block_until_ready(loss)
+
+    layout = torch_layout(name, head)
+    head_path = (layout.flax_head or layout.head).split(".")[0] if layout else None
+    count = lambda tree: sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))  # noqa: E731
+    result = HeadResult(
+        model=name,
+        head=head,
+        num_classes=num_classes,
+        image_size=args.image_size,
+        batch_size=args.batch,
+        parameters=count(v["params"]),
+        head_parameters=count(v["params"].get(head_path, {})) if head_path else 0,
+        timings={},
+        xla_bytes={EVAL: _xla_bytes(forward), TRAIN: _xla_bytes(train)},
+        compile_seconds=compile_seconds,
+    )
+    calls = {EVAL: lambda: jax.block_until_ready(forward(forward_v, x)), TRAIN: train_call}
+    return result, calls
+
+
+def run_heads(args: argparse.Namespace) -> list[HeadResult]:
+    """Every head × number of classes on ``args.models[0]``, timed in interleaved rounds."""
+    name = args.models[0]
+    results, calls = [], {}
+    for num_classes in args.head_classes:
+        for head in ("linear", "ml_decoder"):
+            result, fns = head_candidates(name, head, num_classes, args)
+            results.append(result)
+            for mode, fn in fns.items():
+                calls[(len(results) - 1, mode)] = fn
+    keys = {f"{i}/{mode}": key for key, (i, mode) in zip(calls, calls, strict=True)}
+    timings = _timing.interleaved_timings(
+        {label: calls[key] for label, key in keys.items()}, rounds=args.rounds, seed=args.seed
+    )
+    for label, (i, mode) in keys.items():
+        results[i].timings[mode] = timings[label]
+    return results
+
+
+def heads_table(results: Sequence[HeadResult]) -> str:
+    """Markdown: one row per head and number of classes, the ML-Decoder's extra cost beside."""
+    lines = [
+        "| classes | head | parameters (head) | eval forward (ms) | training step (ms) | "
+        "training step vs linear | XLA memory, training step (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    linear = {r.num_classes: r for r in results if r.head == "linear"}
+    for r in results:
+        base = linear[r.num_classes].timings[TRAIN].median
+        ratio = r.timings[TRAIN].median / base
+        lines.append(
+            f"| {r.num_classes} | {r.head} | {r.parameters / 1e6:.2f}M "
+            f"({r.head_parameters / 1e6:.2f}M) | {_ms(r.timings[EVAL].median)} | "
+            f"{_ms(r.timings[TRAIN].median)} | ×{ratio:.2f} | {_mib(r.xla_bytes[TRAIN])} |"
+        )
+    return "\n".join(lines)
+
+
+def render_heads_markdown(results: Sequence[HeadResult], info: dict, command: str) -> str:
+    r = results[0]
+    return "\n".join(
+        [
+            f"## The classifier head: linear against ML-Decoder ({r.model}, JAX)",
+            "",
+            f"`{command}`: {r.model} at {r.image_size} px, batch {r.batch_size}, float32, "
+            "random weights; the eval forward and the jitted training step (summed ASL, "
+            "Adam), medians of interleaved rounds; memory: XLA's arguments + outputs + "
+            "temporaries of the compiled training step.",
+            "",
+            _machine.machine_markdown(info),
+            "- Load average when the run ended: "
+            + " / ".join(f"{x:.2f}" for x in info["load_average_after"]),
+            "",
+            heads_table(results),
+        ]
+    )
+
+
+def heads_main(argv: Sequence[str]) -> list[HeadResult]:
+    """``--heads``: the head comparison (prints it; ``--update-doc`` / ``--output`` / ``--json``
+    as the framework comparison)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.models --heads",
+        description="The classifier head's cost: linear against ML-Decoder (JAX only).",
+    )
+    parser.add_argument("--heads", action="store_true", required=True)
+    parser.add_argument("--models", nargs=1, default=["resnet50"], help="backbone (resnet50)")
+    parser.add_argument("--head-classes", nargs="+", type=int, default=list(HEAD_CLASSES))
+    parser.add_argument("--image-size", type=int, default=224, help="image side (224)")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch (8)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--fast-compile", action="store_true", help="XLA without its expensive passes (tests)"
+    )
+    _timing.add_document_flags(parser, HEADS_SECTION)
+    parser.add_argument("--json", default=HEADS_JSON, help="JSON file ('' to skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    info = _machine.machine_info()
+    command = ("python -m benchmarks.models " + " ".join(argv)).strip()
+    results = run_heads(args)
+    info["load_average_after"] = list(os.getloadavg())
+    markdown = render_heads_markdown(results, info, command)
+    print(markdown)
+    output = _timing.document_path(args)
+    if output:
+        _timing.update_section(output, HEADS_SECTION, markdown)
+        print(f"Wrote the '{HEADS_SECTION}' section of {os.path.abspath(output)}")
+    if args.json:
+        path = _machine.write_results_json(args.json, HEADS_SECTION, command, info, results)
+        print(f"Wrote {os.path.abspath(path)}")
+    return results
+
+
 if __name__ == "__main__":
-    main()
+    if "--heads" in sys.argv[1:]:
+        heads_main(sys.argv[1:])
+    else:
+        main()

@@ -14,6 +14,13 @@ with timm's ImageNet weights (no input normalisation, as the official code)::
 
     python -m train --config=train/configs/coco.py --config.model.name=tresnet_l \
         --config.model.pretrained=timm:tresnet_l --workdir=runs/coco_tresnet_l
+
+The classifier head is linear; ML-Decoder (``--config.model.head=ml_decoder``, 80 queries for
+the 80 classes) is the head of the ML-Decoder paper's COCO results. A published TResNet +
+ML-Decoder checkpoint (official or timm names) loads with its head::
+
+    python -m train --config=train/configs/coco.py --config.model.name=tresnet_l \
+        --config.model.head=ml_decoder --config.model.pretrained=/path/to/tresnet_l_ml_decoder.pth ...
 """
 
 from train.configs import default
@@ -26,6 +33,7 @@ def get_config():
     config.data.image_size = 448
     config.augment.randaugment = True
     default.fine_tuning(config, model="resnet50", pretrained="torchvision:resnet50")
+    config.model.head = "linear"  # or "ml_decoder"
     config.batch_size = 128
     config.num_epochs = 40
     config.loss.reduction = "sum"
