@@ -57,13 +57,13 @@ def _randomise_batch_norm(model, seed=0):
             module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
 
 
-def _timm_resnet18_ml_decoder(num_classes, seed=0):
+def _timm_resnet_ml_decoder(num_classes, seed=0, arch="resnet18"):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     from timm.layers.ml_decoder import add_ml_decoder_head
 
     torch.manual_seed(seed)
-    model = add_ml_decoder_head(timm.create_model("resnet18", num_classes=num_classes))
+    model = add_ml_decoder_head(timm.create_model(arch, num_classes=num_classes))
     _timm_ml_decoder_runs(model.fc)
     _randomise_batch_norm(model, seed)
     return model.eval()
@@ -112,19 +112,27 @@ class GroupsTest(parameterized.TestCase):
         self.assertEqual(pooling, (g, 768, math.ceil(classes / g)))
 
 
-@pytest.mark.parametrize("classes", [7, 3])
-def test_resnet_ml_decoder_equals_timm_and_round_trips(classes):
+@pytest.mark.parametrize(
+    ("arch", "classes", "size"),
+    [
+        ("resnet18", 7, 64),
+        ("resnet18", 3, 64),
+        # The published setting: ResNet-50, 80 COCO classes at 224 px (a 7 × 7 feature map).
+        pytest.param("resnet50", 80, 224, marks=pytest.mark.slow),
+    ],
+)
+def test_resnet_ml_decoder_equals_timm_and_round_trips(arch, classes, size):
     import torch
 
-    reference = _timm_resnet18_ml_decoder(classes)
+    reference = _timm_resnet_ml_decoder(classes, arch=arch)
     state_dict = reference.state_dict()
     variables = from_torch(
-        "resnet18", state_dict, num_classes=classes, head="ml_decoder", image_size=64
+        arch, state_dict, num_classes=classes, head="ml_decoder", image_size=size
     )
-    model = create_model("resnet18", num_classes=classes, head="ml_decoder", normalization="none")
-    images = _images(64)
+    model = create_model(arch, num_classes=classes, head="ml_decoder", normalization="none")
+    images = _images(size)
     _assert_close(_apply(model, variables, images), _torch_logits(reference, images))
-    back = to_torch("resnet18", variables)
+    back = to_torch(arch, variables)
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
     assert set(back) == set(state_dict)
 
@@ -298,7 +306,7 @@ def _ml_decoder_weights(path, classes):
     """A timm resnet18 with an ML-Decoder head of ``classes`` classes, saved as .pth."""
     import torch
 
-    torch.save(_timm_resnet18_ml_decoder(classes).state_dict(), path)
+    torch.save(_timm_resnet_ml_decoder(classes).state_dict(), path)
     return path
 
 
@@ -345,5 +353,5 @@ def test_fine_tuning_with_ml_decoder_trains_evaluates_predicts_and_exports(tmp_p
             exported["fc.query_embed.weight"], original["fc.query_embed.weight"], rtol=0, atol=0
         )
         assert not torch.equal(exported["fc.duplicate_pooling"], original["fc.duplicate_pooling"])
-        target = _timm_resnet18_ml_decoder(len(CLASSES))
+        target = _timm_resnet_ml_decoder(len(CLASSES))
         target.load_state_dict(exported, strict=True)
