@@ -20,7 +20,7 @@ the 80 classes) is the head of the ML-Decoder paper's COCO results. A published 
 ML-Decoder checkpoint (official or timm names) loads with its head::
 
     python -m train --config=train/configs/coco.py --config.model.name=tresnet_l \
-        --config.model.head=ml_decoder --config.model.pretrained=/path/to/tresnet_l_ml_decoder.pth ...
+        --config.model.head=ml_decoder --config.model.pretrained=tresnet_l_ml_decoder.pth ...
 """
 
 from train.configs import default
