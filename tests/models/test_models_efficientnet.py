@@ -31,7 +31,7 @@ def _slow(names):
 
 def _randomise(model, seed=0):
     """Random batch-norm statistics and affine parameters (a fresh torch model has 0 / 1)."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -78,7 +78,7 @@ def _images(size, seed=0):
 
 
 def _torch_logits(model, images):
-    import torch
+    torch = pytest.importorskip("torch")
 
     with torch.no_grad():
         return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
@@ -99,7 +99,7 @@ def _eval_equal(name, reference, size):
 
 
 def _strict_round_trip(name, reference, variables):
-    import torch
+    torch = pytest.importorskip("torch")
 
     back = to_torch(name, variables)
     reference.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)

@@ -48,7 +48,7 @@ def _timm_ml_decoder_runs(decoder):
 
 
 def _randomise_batch_norm(model, seed=0):
-    import torch
+    torch = pytest.importorskip("torch")
 
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -79,7 +79,7 @@ def _images(size, n=2, seed=0):
 
 
 def _torch_logits(model, images):
-    import torch
+    torch = pytest.importorskip("torch")
 
     with torch.no_grad():
         return model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
@@ -122,7 +122,7 @@ class GroupsTest(parameterized.TestCase):
     ],
 )
 def test_resnet_ml_decoder_equals_timm_and_round_trips(arch, classes, size):
-    import torch
+    torch = pytest.importorskip("torch")
 
     reference = _timm_resnet_ml_decoder(classes, arch=arch)
     state_dict = reference.state_dict()
@@ -304,7 +304,7 @@ def test_dropout_only_in_training():
 
 def _ml_decoder_weights(path, classes):
     """A timm resnet18 with an ML-Decoder head of ``classes`` classes, saved as .pth."""
-    import torch
+    torch = pytest.importorskip("torch")
 
     torch.save(_timm_resnet_ml_decoder(classes).state_dict(), path)
     return path
