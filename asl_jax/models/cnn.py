@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models.heads import classifier_head, global_average
+from asl_jax.models.heads import classifier_head
 from asl_jax.models.normalization import normalize
 
 
@@ -55,12 +55,4 @@ class SmallCNN(nn.Module):
             if stage < self.num_stages - 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         # The loss is computed in float32 whatever the compute dtype.
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=global_average,
-            train=train,
-            dtype=self.dtype,
-        )
+        return classifier_head(self, x, train=train)

@@ -203,16 +203,7 @@ class ConvNeXt(nn.Module):
         )(x)
         if self.classifier == "linear":
             return _LinearHead(self.num_classes, self.dtype, name="head")(x).astype(jnp.float32)
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=global_average,
-            train=train,
-            dtype=self.dtype,
-            name=TORCH_ML_DECODER_HEAD,
-        )
+        return classifier_head(self, x, train=train, name=TORCH_ML_DECODER_HEAD)
 
 
 #: ``model.name -> module builder`` of every size.

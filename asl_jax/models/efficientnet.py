@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.models.heads import classifier_head, global_average
+from asl_jax.models.heads import classifier_head
+from asl_jax.models.layers import SqueezeExcite
 from asl_jax.models.normalization import normalize
 
 #: torch name prefix of the classifier in timm's EfficientNet.
@@ -94,19 +95,8 @@ def stage_depths(depth_multiplier: float, lite: bool) -> tuple[int, ...]:
     )
 
 
-class _SqueezeExcite(nn.Module):
-    """Channel gating: mean, 1×1 reduce, activation, 1×1 expand, sigmoid."""
-
-    reduced: int
-    act: Callable[[jax.Array], jax.Array]
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = self.act(nn.Conv(self.reduced, (1, 1), dtype=self.dtype, name="conv_reduce")(s))
-        s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="conv_expand")(s)
-        return x * nn.sigmoid(s)
+#: The squeeze-excitation convolutions' names in timm's EfficientNet.
+SE_NAMES = ("conv_reduce", "conv_expand")
 
 
 class _Block(nn.Module):
@@ -136,7 +126,8 @@ class _Block(nn.Module):
         y = self.conv(mid, self.kernel, self.stride, groups=mid, name="conv_dw")(y)
         y = self.act(self.norm(name="bn2" if inverted else "bn1")(y))
         if self.squeeze_excite:
-            y = _SqueezeExcite(max(1, channels // 4), self.act, self.dtype, name="se")(y)
+            reduced = max(1, channels // 4)
+            y = SqueezeExcite(reduced, self.dtype, self.act, SE_NAMES, name="se")(y)
         y = self.conv(self.features, 1, name="conv_pwl" if inverted else "conv_pw")(y)
         y = self.norm(name="bn3" if inverted else "bn2")(y)
         if self.stride == 1 and channels == self.features:
@@ -254,16 +245,7 @@ class EfficientNet(nn.Module):
         x = act(norm(name="bn1")(conv(stem, 3, 2, name="conv_stem")(x)))
         x = _Stages(stages, block, name="blocks")(x)
         x = act(norm(name="bn2")(conv(head, 1, name="conv_head")(x)))
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=global_average,
-            train=train,
-            dtype=self.dtype,
-            name=TORCH_HEAD,
-        )
+        return classifier_head(self, x, train=train, name=TORCH_HEAD)
 
 
 def _variant(index: int, lite: bool) -> Callable[..., EfficientNet]:

@@ -170,35 +170,37 @@ class MLDecoder(nn.Module):
 
 
 def classifier_head(
+    model: nn.Module,
     features: jax.Array,
     *,
-    head: str,
-    num_classes: int,
-    groups: int = 0,
-    pool: Callable[[jax.Array], jax.Array],
     train: bool,
-    dtype: Any = jnp.float32,
+    pool: Callable[[jax.Array], jax.Array] | None = None,
     name: str | None = None,
 ) -> jax.Array:
-    """The logits of the head ``head`` on a backbone's ``features`` (call inside a compact module).
+    """The logits of ``model``'s head on its backbone's ``features`` (call in its compact body).
+
+    The head and its settings are the model's fields ``classifier`` (a name of
+    :data:`HEAD_NAMES`), ``num_classes``, ``ml_decoder_groups`` (0 = ``min(K, 100)``) and
+    ``dtype``: every backbone declares them, and this is where they are read.
 
     Args:
+      model: the backbone module calling it.
       features: ``[B, H, W, C]`` feature map or ``[B, N, C]`` tokens.
-      head: a name of :data:`HEAD_NAMES`.
-      num_classes: number of logits.
-      groups: ML-Decoder's ``model.ml_decoder_groups`` (0 = ``min(K, 100)``).
-      pool: ``features -> [B, C]`` for the linear head (average pooling, the class token).
       train: training mode (ML-Decoder's dropout).
-      dtype: compute dtype.
+      pool: ``features -> [B, C]`` for the linear head; None = :func:`global_average` (a CNN's
+        feature map; a ViT passes its class token).
       name: the head module's name (the torch layout's: ``fc``, ``head``); None = Flax's own.
 
     Returns:
       float32 logits ``[B, num_classes]``.
     """
+    head, dtype = model.classifier, model.dtype
     if head == "linear":
-        logits = nn.Dense(num_classes, dtype=dtype, name=name)(pool(features))
+        pooled = (pool or global_average)(features)
+        logits = nn.Dense(model.num_classes, dtype=dtype, name=name)(pooled)
     elif head == "ml_decoder":
-        logits = MLDecoder(num_classes, groups, dtype=dtype, name=name)(features, train=train)
+        decoder = MLDecoder(model.num_classes, model.ml_decoder_groups, dtype=dtype, name=name)
+        logits = decoder(features, train=train)
     else:
         raise ValueError(f"model.head={head!r}: expected one of {', '.join(HEAD_NAMES)}")
     return logits.astype(jnp.float32)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asl_jax.models.heads import classifier_head, global_average
+from asl_jax.models.heads import classifier_head
 from asl_jax.models.normalization import normalize
 from asl_jax.models.torch_layout import mirrored_to_flax, mirrored_to_torch
 
@@ -148,16 +148,7 @@ class ResNet(nn.Module):
                 norm=norm,
                 name=f"layer{i + 1}",
             )(x)
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=global_average,
-            train=train,
-            dtype=self.dtype,
-            name="fc",
-        )
+        return classifier_head(self, x, train=train, name="fc")
 
 
 class _Stage(nn.Module):

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.models.heads import classifier_head, global_average
+from asl_jax.models.heads import classifier_head
+from asl_jax.models.layers import SqueezeExcite
 from asl_jax.models.normalization import normalize
 
 #: The torch name prefix of the classifier in timm's TResNet.
@@ -92,20 +93,6 @@ class ConvNormAct(nn.Module):
         if self.slope is not None:
             x = nn.leaky_relu(x, self.slope)
         return blur_pool(x) if self.downsample else x
-
-
-class SqueezeExcite(nn.Module):
-    """Channel gating: mean pool, 1×1 conv, ReLU, 1×1 conv, sigmoid."""
-
-    reduced: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.relu(nn.Conv(self.reduced, (1, 1), dtype=self.dtype, name="fc1")(s))
-        s = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, name="fc2")(s)
-        return x * nn.sigmoid(s)
 
 
 class TResNetBlock(nn.Module):
@@ -185,16 +172,7 @@ class TResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{i + 1}_{j}",
                 )(x)
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=global_average,
-            train=train,
-            dtype=self.dtype,
-            name="head",
-        )
+        return classifier_head(self, x, train=train, name="head")
 
 
 TResNetM = partial(TResNet, stage_sizes=(3, 4, 11, 3), width=64)

@@ -166,16 +166,7 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, mlp_dim, self.dtype, name=f"blocks_{i}")(x)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-        return classifier_head(
-            x,
-            head=self.classifier,
-            num_classes=self.num_classes,
-            groups=self.ml_decoder_groups,
-            pool=lambda tokens: tokens[:, 0],
-            train=train,
-            dtype=self.dtype,
-            name="head",
-        )
+        return classifier_head(self, x, train=train, pool=lambda tokens: tokens[:, 0], name="head")
 
     def _check(self, x: jax.Array) -> None:
         if self.hidden_size % self.num_heads:
