@@ -3,7 +3,8 @@
 The library: pure, jit-able losses with a hand-written gradient (`asymmetric_loss`,
 `asymmetric_loss_single_label`), reductions and partial labels (-1 = unknown:
 `known_labels_mask`, `partial_labels`), losses designed for missing labels after ASL
-(`focal_margin_loss`, `hill_loss`, `splc_labels`), the paper's probability analysis and
+(`focal_margin_loss`, `hill_loss`, `splc_labels`, `assume_negative_loss`, `large_loss_weights`,
+`selective_loss`, `update_class_prior`), the paper's probability analysis and
 adaptive γ− rule (`probability_stats`, `update_gamma_neg`) and the multi-label metrics papers report
 (`asl_jax.metrics`). It needs only JAX and NumPy.
 """
@@ -17,20 +18,32 @@ from asl_jax.losses import (
     partial_labels,
     reduce_loss,
 )
-from asl_jax.missing_labels import focal_margin_loss, hill_loss, splc_labels
+from asl_jax.missing_labels import (
+    assume_negative_loss,
+    focal_margin_loss,
+    hill_loss,
+    large_loss_weights,
+    selective_loss,
+    splc_labels,
+    update_class_prior,
+)
 
 __all__ = [
     "ProbabilityStats",
+    "assume_negative_loss",
     "asymmetric_loss",
     "asymmetric_loss_single_label",
     "focal_margin_loss",
     "hill_loss",
     "known_labels_mask",
+    "large_loss_weights",
     "metrics",
     "partial_labels",
     "probability_stats",
     "reduce_loss",
+    "selective_loss",
     "splc_labels",
+    "update_class_prior",
     "update_gamma_neg",
 ]
 

@@ -17,17 +17,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from asl_jax.data.annotation import ANNOTATIONS, simulate_missing_labels
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.data.base import (
     ArraySource,
     BatchRequest,
     DataSource,
     IndexedSource,
+    split_labels,
     steps_per_epoch,
 )
 from asl_jax.data.config import DATASETS, DataConfig
 
 __all__ = [
+    "ANNOTATIONS",
     "DATASETS",
     "ArraySource",
     "AugmentConfig",
@@ -48,8 +51,9 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
     Args:
       data: the ``data`` config block (a :class:`DataConfig`, or a mapping of its fields, which
         is checked as the config is: missing fields take their defaults).
-      seed: the run's seed. ``shapes`` generates its images from it and drops missing labels
-        with it; the batch order is seeded separately, by the ``seed`` of the
+      seed: the run's seed. ``shapes`` generates its images from it, and the simulated missing
+        labels of the train split (``drop_positive_fraction``, ``annotation``; see
+        :mod:`asl_jax.data.annotation`) are drawn with it; the batch order is seeded separately, by the ``seed`` of the
         :class:`BatchRequest` given to ``batches()``.
 
     Returns:
@@ -67,6 +71,23 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
     """
     if not isinstance(data, DataConfig):
         data = DataConfig.from_mapping(data)
+    source = _open_source(data, seed=seed)
+    if data.simulates_missing_labels:
+        source.replace_labels(
+            "train",
+            simulate_missing_labels(
+                split_labels(source, "train"),
+                seed=seed,
+                drop_positive_fraction=data.drop_positive_fraction,
+                annotation=data.annotation,
+                annotated_fraction=data.annotated_fraction,
+                annotated_per_class=data.annotated_per_class,
+            ),
+        )
+    return source
+
+
+def _open_source(data: DataConfig, *, seed: int) -> DataSource:
     if data.name == "shapes":
         from asl_jax.data.shapes import ShapesSource
 
@@ -75,7 +96,6 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
             num_val=data.num_val,
             image_size=data.image_size,
             seed=seed,
-            drop_positive_fraction=data.drop_positive_fraction,
             cache_dir=data.cache_dir,
         )
     if data.name == "folder":

@@ -430,6 +430,28 @@ class ArraySource(IndexedSource):
         images, labels = self._arrays[split]
         return images[indices], labels[indices]
 
+    def replace_labels(self, split: str, labels: np.ndarray) -> None:
+        """Replaces the labels of ``split`` (simulated annotation), same shape, float32."""
+        images, current = self._arrays[check_split(split)]
+        self._arrays[split] = (images, checked_replacement(current, labels))
+
+
+def split_labels(source: DataSource, split: str) -> np.ndarray | None:
+    """The ``[N, K]`` labels of a split, when the source holds them (shapes, folder)."""
+    if hasattr(source, "labels"):
+        return np.asarray(source.labels(split))
+    if hasattr(source, "arrays"):
+        return np.asarray(source.arrays(split)[1])
+    return None
+
+
+def checked_replacement(current: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``labels`` as float32, when they can replace ``current`` (the same ``[N, K]``)."""
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.shape != current.shape:
+        raise ValueError(f"replacement labels must have shape {current.shape}, got {labels.shape}.")
+    return labels
+
 
 def prefetch_map(
     fn: Callable[[object], Batch], items: Iterator[object], depth: int

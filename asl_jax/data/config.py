@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import ClassVar
 
+from asl_jax.data.annotation import ANNOTATIONS
 from asl_jax.config_fields import (
     ConfigBlock,
     ConfigError,
@@ -18,6 +19,8 @@ from asl_jax.config_fields import (
 
 #: The values of ``data.name``.
 DATASETS = ("shapes", "folder", "voc2007", "coco2017")
+#: The datasets whose train labels are in memory, so that a simulated annotation can change them.
+IN_MEMORY_LABELS = ("shapes", "folder")
 
 # The data a run reads changes its result, but not the compiled programs: they see only the
 # image size and the number of classes, both part of the program cache's key.
@@ -50,11 +53,30 @@ class DataConfig(ConfigBlock):
     num_val: int = option(
         2048, "shapes: number of generated val images", effect=RESULT, check=at_least(1)
     )
+    # Simulated missing labels (asl_jax.data.annotation), on the train split only.
     drop_positive_fraction: float = option(
         0.0,
-        "shapes: fraction of training positives dropped (missing labels)",
+        "fraction of the training positives turned into negatives (missed labels)",
         effect=RESULT,
         check=interval(0.0, 1.0, high_open=True),
+    )
+    annotation: str = option(
+        "complete",
+        "which training labels are known (the rest -1): " + ", ".join(ANNOTATIONS),
+        effect=RESULT,
+        check=one_of(ANNOTATIONS),
+    )
+    annotated_fraction: float = option(
+        0.5,
+        "annotation=random_partial: fraction of each image's labels that is known",
+        effect=RESULT,
+        check=interval(0.0, 1.0, low_open=True),
+    )
+    annotated_per_class: int = option(
+        100,
+        "annotation=fixed_per_class: known positives (and negatives) per class",
+        effect=RESULT,
+        check=at_least(1),
     )
     cache_dir: str = option("", "shapes: cache directory ('' = ~/.cache/asl_jax)", effect=NONE)
     skip_bad_rows: bool = option(
@@ -77,13 +99,18 @@ class DataConfig(ConfigBlock):
         check=at_least(0),
     )
 
+    @property
+    def simulates_missing_labels(self) -> bool:
+        """Whether the training labels are changed by a simulated annotation."""
+        return self.drop_positive_fraction > 0 or self.annotation != "complete"
+
     def check(self) -> None:
-        if self.drop_positive_fraction > 0 and self.name != "shapes":
-            raise self.fail(
-                "drop_positive_fraction",
-                self.drop_positive_fraction,
-                f"0 with data.name={self.name!r} (simulated missing labels are only supported "
-                "for data.name='shapes')",
+        if self.simulates_missing_labels and self.name not in IN_MEMORY_LABELS:
+            raise ConfigError(
+                f"data.drop_positive_fraction / data.annotation simulate missing labels on "
+                f"{' and '.join(IN_MEMORY_LABELS)} data only (their train labels are in memory); "
+                f"data.name={self.name!r} streams its labels: prepare it as a folder dataset "
+                "(train.csv / val.csv) to simulate an annotation"
             )
         if self.name == "folder":
             self._check_folder()

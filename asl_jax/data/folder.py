@@ -47,7 +47,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from asl_jax.data.base import Batch, BatchRequest, IndexedSource, check_split
+from asl_jax.data.base import (
+    Batch,
+    BatchRequest,
+    IndexedSource,
+    check_split,
+    checked_replacement,
+)
 from asl_jax.data.pipeline import GrainBatches, ImageReadError
 
 logger = logging.getLogger(__name__)
@@ -530,6 +536,10 @@ class FolderSource(GrainBatches, IndexedSource):
     def labels(self, split: str) -> np.ndarray:
         """float32 [N, K] labels of ``split``: 1 positive, 0 negative, -1 unknown."""
         return self._labels[check_split(split)]
+
+    def replace_labels(self, split: str, labels: np.ndarray) -> None:
+        """Replaces the labels of ``split`` (simulated annotation), same shape, float32."""
+        self._labels[split] = checked_replacement(self.labels(split), labels)
 
     def gather(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._images is not None:

@@ -14,9 +14,9 @@ from coordinate grids with 2 × 2 super-sampling for anti-aliased edges); 8192 +
 32 px take a few seconds and are cached on disk as ``.npz``.
 
 Determinism: the images are a pure function of ``(seed, num_train, num_val, image_size)`` and
-:data:`FORMAT_VERSION`; the cache file name carries all of them. The missing-label option
-(``data.drop_positive_fraction``) is applied after loading, to the train split only, so it never
-invalidates the cached images.
+:data:`FORMAT_VERSION`; the cache file name carries all of them. Simulated missing labels
+(``data.drop_positive_fraction``, ``data.annotation``) are applied after loading, to the train split
+only, so they never invalidate the cached images.
 """
 
 from __future__ import annotations
@@ -326,40 +326,16 @@ def _write_atomic(path: str, **arrays: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Missing labels and the source.
-
-
-def drop_positives(labels: np.ndarray, fraction: float, *, seed: int) -> np.ndarray:
-    """Turns ``fraction`` of the positive labels into negatives (missing labels).
-
-    Exactly ``round(fraction * num_positives)`` positives, chosen uniformly at random from a
-    stream seeded by ``seed``; a larger fraction drops a superset of a smaller one (same seed).
-
-    Args:
-      labels: [N, K] in {0, 1}.
-      fraction: in [0, 1).
-      seed: any int.
-
-    Returns:
-      A new float32 array [N, K].
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}.")
-    out = np.array(labels, dtype=np.float32, copy=True)
-    positives = np.flatnonzero(out.ravel() > 0.5)
-    k = round(fraction * positives.size)
-    if k:
-        rng = np.random.default_rng([int(seed) % (1 << 64), 0xD409])
-        out.ravel()[positives[rng.permutation(positives.size)[:k]]] = 0.0
-    return out
+# The source.
 
 
 class ShapesSource(ArraySource):
     """The ``shapes`` dataset as a :class:`~asl_jax.data.base.DataSource`.
 
+    Its labels are complete; :func:`asl_jax.data.create_source` applies the simulated missing
+    labels of the ``data`` config to the train split afterwards.
+
     Attributes (beyond the protocol):
-      clean_train_labels: the train labels before ``drop_positive_fraction`` (for analysis).
-      num_dropped: how many positive train labels were dropped.
       cache_file: where the arrays are cached.
     """
 
@@ -370,7 +346,6 @@ class ShapesSource(ArraySource):
         num_val: int = 2048,
         image_size: int = 32,
         seed: int = 0,
-        drop_positive_fraction: float = 0.0,
         cache_dir: str = "",
     ) -> None:
         arrays = load_arrays(
@@ -383,13 +358,10 @@ class ShapesSource(ArraySource):
         self.cache_file = cache_path(
             cache_dir, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
         )
-        self.clean_train_labels = arrays["train_labels"].astype(np.float32)
-        train_labels = drop_positives(self.clean_train_labels, drop_positive_fraction, seed=seed)
-        self.num_dropped = int(self.clean_train_labels.sum() - train_labels.sum())
         super().__init__(
             "shapes",
             CLASS_NAMES,
-            train=(arrays["train_images"], train_labels),
+            train=(arrays["train_images"], arrays["train_labels"].astype(np.float32)),
             val=(arrays["val_images"], arrays["val_labels"].astype(np.float32)),
         )
 

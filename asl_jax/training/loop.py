@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.data import BatchRequest, DataSource
+from asl_jax.data import BatchRequest, DataSource, split_labels
 from asl_jax.losses import known_labels_mask
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import BEST_METRICS
@@ -48,7 +48,7 @@ from asl_jax.training.config import Config, eval_interval
 from asl_jax.training.evaluation import evaluate, is_finite
 from asl_jax.training.interrupt import StopFlag, agree, interruption
 from asl_jax.training.records import _plain, summarize, write_json
-from asl_jax.training.setup import Run, Start, split_labels, start_run
+from asl_jax.training.setup import Run, Start, start_run
 from asl_jax.training.state import TrainState
 from asl_jax.training.step import effective_gamma_neg
 

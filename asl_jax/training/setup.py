@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from asl_jax.data import DataSource, create_source, steps_per_epoch
+from asl_jax.data import DataSource, create_source, split_labels, steps_per_epoch
 from asl_jax.training import parallel, progress
 from asl_jax.training.checkpoint import Checkpointer
 from asl_jax.training.config import Config, ConfigError, fit_batch_size, validate_config
@@ -227,15 +227,6 @@ def _fit_batch_size(config: Config, source: DataSource, mesh: jax.sharding.Mesh)
         f"(the largest multiple of the {multiple} device(s) that fits; recorded in config.json)."
     )
     return dataclasses.replace(config, batch_size=fitted)
-
-
-def split_labels(source: DataSource, split: str) -> np.ndarray | None:
-    """The ``[N, K]`` labels of a split, when the source holds them (shapes, folder)."""
-    if hasattr(source, "labels"):
-        return np.asarray(source.labels(split))
-    if hasattr(source, "arrays"):
-        return np.asarray(source.arrays(split)[1])
-    return None
 
 
 def _resolve_class_weights(config: Config, source: DataSource) -> Config:
