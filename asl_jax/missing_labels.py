@@ -283,7 +283,7 @@ def large_loss_weights(
     rejection_rate: float | ArrayLike,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    r"""Large-loss rejection (Kim et al., LL-R): weight 0 for the largest losses of unobserved labels.
+    r"""Large-loss rejection (Kim et al., LL-R): weight 0 for the largest unobserved losses.
 
     Of the batch's ``N`` entries (all images and classes), the
     :math:`k = \lceil \text{rejection\_rate} \cdot N \rceil` unobserved ones (label not 1)
@@ -344,7 +344,7 @@ def selective_loss(
     detach_focal_weight: bool = False,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-    r"""Element-wise class-aware selective loss for partial labels ``{1, 0, -1}`` (Ben-Baruch et al.).
+    r"""Element-wise class-aware selective loss for partial labels ``{1, 0, -1}`` (Ben-Baruch).
 
     Annotated entries get ASL (:func:`asl_jax.asymmetric_loss` with γ+, γ− and the margin).
     An unknown entry (−1) is **ignored** (loss 0) when its class's prior probability exceeds
@@ -402,7 +402,8 @@ def selective_loss(
     class_prior = jnp.asarray(class_prior)
     if class_prior.shape != logits.shape[-1:]:
         raise ValueError(
-            f"class_prior must be [K] = {logits.shape[-1:]}, one per class, got {class_prior.shape}."
+            f"class_prior must be [K] = {logits.shape[-1:]} (one per class), got "
+            f"{class_prior.shape}."
         )
     labels = jnp.asarray(labels)
     unknown = ~known_labels_mask(labels)

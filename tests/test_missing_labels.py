@@ -56,9 +56,9 @@ def reference_selective(z, y, prior, gamma_pos, gamma_neg, gamma_unknown, clip, 
     negative = lambda gamma: -(p_m**gamma) * np.log(1 - p_m)  # noqa: E731
     loss = np.where(y == 1, positive, negative(gamma_neg))
     unknown = y < 0
-    order = sorted(zip(*np.nonzero(unknown)), key=lambda ij: -p[ij])
+    order = sorted(zip(*np.nonzero(unknown), strict=True), key=lambda ij: -p[ij])
     likely = set(order[: topk * z.shape[0]])
-    for i, j in zip(*np.nonzero(unknown)):
+    for i, j in zip(*np.nonzero(unknown), strict=True):
         ignored = prior[j] > threshold or (i, j) in likely
         loss[i, j] = 0.0 if ignored else negative(gamma_unknown)[i, j]
     return loss
@@ -137,7 +137,6 @@ class LossReferenceTest(parameterized.TestCase):
         peak = int(jnp.argmax(grad))
         assert 0 < peak < 100 and float(grad[-1]) < 0.01 * float(grad[peak])
 
-
     @parameterized.named_parameters(
         ("assume_negative", 1.0, 0.0),
         ("weak_assume_negative", 1 / 6, 0.0),
@@ -201,9 +200,9 @@ class SelectiveRuleTest(parameterized.TestCase):
         z = jnp.asarray([[4.0, -2.0, 1.0], [0.0, 3.0, -1.0]])
         y = jnp.asarray([[-1.0, -1.0, 1.0], [-1.0, -1.0, 0.0]])
         prior = jnp.asarray([0.5, 0.01, 0.01])  # class 0 frequent: its unknowns are ignored
-        grad = jax.grad(
-            lambda x: selective_loss(x, y, class_prior=prior, likelihood_topk=0).sum()
-        )(z)
+        grad = jax.grad(lambda x: selective_loss(x, y, class_prior=prior, likelihood_topk=0).sum())(
+            z
+        )
         np.testing.assert_array_equal(grad[:, 0], 0.0)
         assert bool(jnp.all(grad[:, 1] > 0)) and bool(jnp.all(grad[:, 2] != 0))
         # Top-1 per image: the 2 most likely unknowns of the batch (4.0 in class 0, 3.0 in
@@ -238,7 +237,6 @@ class ExtremesTest(parameterized.TestCase):
         assert value.dtype == jnp.float32 and grad.dtype == dtype
         assert bool(jnp.all(jnp.isfinite(value))) and bool(jnp.all(jnp.isfinite(grad)))
         assert bool(jnp.all(value >= 0))
-
 
     @parameterized.product(
         name=("assume_negative", "selective"),

@@ -53,8 +53,8 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
         is checked as the config is: missing fields take their defaults).
       seed: the run's seed. ``shapes`` generates its images from it, and the simulated missing
         labels of the train split (``drop_positive_fraction``, ``annotation``; see
-        :mod:`asl_jax.data.annotation`) are drawn with it; the batch order is seeded separately, by the ``seed`` of the
-        :class:`BatchRequest` given to ``batches()``.
+        :mod:`asl_jax.data.annotation`) are drawn with it; the batch order is seeded
+        separately, by the ``seed`` of the :class:`BatchRequest` given to ``batches()``.
 
     Returns:
       A :class:`DataSource`.

@@ -103,7 +103,7 @@ def annotate(
       A new float32 array [N, K] in {1, 0, -1}.
     """
     out = _check_labels(labels).copy()
-    num_images, num_classes = out.shape
+    num_classes = out.shape[1]
     if annotation == "complete":
         return out
     if annotation == "positives_only":

@@ -6,7 +6,6 @@ import dataclasses
 import os
 from typing import ClassVar
 
-from asl_jax.data.annotation import ANNOTATIONS
 from asl_jax.config_fields import (
     ConfigBlock,
     ConfigError,
@@ -16,6 +15,7 @@ from asl_jax.config_fields import (
     one_of,
     option,
 )
+from asl_jax.data.annotation import ANNOTATIONS
 
 #: The values of ``data.name``.
 DATASETS = ("shapes", "folder", "voc2007", "coco2017")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from asl_jax.config_fields import (
     ConfigBlock,
     ConfigError,
     Effect,
+    at_least,
     interval,
     non_negative,
     one_of,
@@ -29,7 +30,14 @@ from asl_jax.config_fields import (
     positive,
 )
 from asl_jax.losses import REDUCTIONS, asymmetric_loss
-from asl_jax.missing_labels import focal_margin_loss, hill_loss, splc_labels
+from asl_jax.missing_labels import (
+    assume_negative_loss,
+    focal_margin_loss,
+    hill_loss,
+    large_loss_weights,
+    selective_loss,
+    splc_labels,
+)
 
 #: ``loss.*`` fields every loss reads.
 COMMON_FIELDS = frozenset({"name", "adaptive", "reduction", "class_weights", "pos_weight"})
@@ -37,12 +45,37 @@ COMMON_FIELDS = frozenset({"name", "adaptive", "reduction", "class_weights", "po
 ADAPTIVE_FIELDS = frozenset(
     {"delta_p_target", "adaptive_step_size", "adaptive_min_gamma_neg", "adaptive_max_gamma_neg"}
 )
+#: ``loss.*`` fields the train step's class-prior estimate reads (for a loss that reads it).
+CLASS_PRIOR_FIELDS = frozenset({"prior_decay"})
 
 
-#: ``(logits, labels, loss_config, gamma_neg, epoch) -> element-wise loss``: ``gamma_neg`` is the
-#: value carried in the train state (adaptive or constant), ``epoch`` the training progress in
-#: epochs (a traced scalar in the train step; None outside training).
-ElementwiseLoss = Callable[[jax.Array, jax.Array, Any, Any, Any], jax.Array]
+class LossContext(NamedTuple):
+    """What a loss may read besides the logits, the labels and its config fields.
+
+    Attributes:
+      gamma_neg: the γ− carried in the train state (adaptive or constant).
+      epoch: the training progress in epochs (a traced scalar in the train step; None outside
+        training).
+      class_prior: the running estimate of the class priors ``[K]`` carried in the train state
+        (None unless the loss reads it).
+      rows: ``[B, 1]`` bool, the rows of the batch that count (False: padding); None: all.
+    """
+
+    gamma_neg: Any
+    epoch: Any = None
+    class_prior: Any = None
+    rows: Any = None
+
+
+#: ``(logits, labels, loss_config, context) -> element-wise loss`` (see :class:`LossContext`).
+ElementwiseLoss = Callable[[jax.Array, jax.Array, Any, LossContext], jax.Array]
+
+#: How a loss sees unknown labels (-1): it ``follows`` ``loss.unknown`` (ignored: masked out, or
+#: assumed negative), it always ``assumes_negative`` (the methods built on that assumption), or it
+#: ``reads`` them (gets the -1 entries and decides itself).
+UNKNOWN_HANDLING = ("follows", "assumes_negative", "reads")
+#: The values of ``loss.unknown``.
+UNKNOWN_LABELS = ("ignore", "negative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +92,10 @@ class LossSpec:
       describe: ``loss_config -> short text of its settings`` for tables.
       adaptive: whether the adaptive γ− rule applies to it.
       compared: whether ``train.compare`` runs it by default (the paper's comparison).
-      reads_epoch: whether it reads the training progress (``epoch`` of ``elementwise``).
+      reads_epoch: whether it reads the training progress (``epoch`` of its context).
+      unknown: how it sees unknown labels, one of :data:`UNKNOWN_HANDLING`.
+      reads_class_prior: whether it reads the class priors, which the train state then carries
+        and the train step updates (:func:`asl_jax.update_class_prior`).
     """
 
     name: str
@@ -71,24 +107,69 @@ class LossSpec:
     adaptive: bool = False
     compared: bool = True
     reads_epoch: bool = False
+    unknown: str = "follows"
+    reads_class_prior: bool = False
+
+    def unknown_labels(self, loss: Any) -> str:
+        """``"ignore"``, ``"negative"`` or ``"read"``: what becomes of -1 labels under ``loss``."""
+        return {"follows": loss.unknown, "assumes_negative": "negative", "reads": "read"}[
+            self.unknown
+        ]
 
 
 def _asl_spec(parameters: Callable[[Any, Any], Mapping[str, Any]], **kwargs: Any) -> LossSpec:
     """A loss computed by :func:`asl_jax.asymmetric_loss` with ``parameters(loss, gamma_neg)``."""
     return LossSpec(
-        elementwise=lambda z, y, loss, gamma_neg, epoch: asymmetric_loss(
-            z, y, **parameters(loss, gamma_neg)
+        elementwise=lambda z, y, loss, context: asymmetric_loss(
+            z, y, **parameters(loss, context.gamma_neg)
         ),
         applied_gamma_neg=lambda loss, gamma_neg: parameters(loss, gamma_neg)["gamma_neg"],
         **kwargs,
     )
 
 
-def _splc(z: jax.Array, y: jax.Array, loss: Any, gamma_neg: Any, epoch: Any) -> jax.Array:
+def _splc(z: jax.Array, y: jax.Array, loss: Any, context: LossContext) -> jax.Array:
     # The correction starts after the warm-up; outside training (no epoch) it is off.
+    epoch = context.epoch
     active = False if epoch is None else jnp.asarray(epoch) >= loss.splc_warmup_epochs
     corrected = splc_labels(z, y, tau=loss.splc_tau, active=active)
     return focal_margin_loss(z, corrected, margin=loss.margin, gamma=loss.focal_gamma)
+
+
+def weak_negative_weight(loss: Any, num_classes: int) -> float:
+    """The weight of WAN's assumed negatives: ``loss.negative_weight``, or 1/(K − 1) for 0."""
+    return loss.negative_weight or 1.0 / max(num_classes - 1, 1)
+
+
+def _large_loss_rejection(z: jax.Array, y: jax.Array, loss: Any, context: LossContext) -> jax.Array:
+    # The rejection rate grows by rejection_per_epoch with every completed epoch after the first;
+    # outside training (no epoch) nothing is rejected.
+    value = assume_negative_loss(z, y)
+    if context.epoch is None:
+        return value
+    rate = loss.rejection_per_epoch * jnp.floor(jnp.asarray(context.epoch, jnp.float32))
+    return value * large_loss_weights(value, y, rejection_rate=rate, where=context.rows)
+
+
+def _selective(z: jax.Array, y: jax.Array, loss: Any, context: LossContext) -> jax.Array:
+    if context.class_prior is None:
+        raise ValueError(
+            "loss.name='selective' reads the class priors that the train state carries; "
+            "pass LossContext(class_prior=...)"
+        )
+    return selective_loss(
+        z,
+        y,
+        class_prior=context.class_prior,
+        gamma_pos=loss.gamma_pos,
+        gamma_neg=loss.selective_gamma_neg,
+        gamma_unknown=loss.gamma_unknown,
+        clip=loss.selective_clip,
+        likelihood_topk=loss.likelihood_topk,
+        prior_threshold=loss.prior_threshold,
+        detach_focal_weight=loss.detach_focal_weight,
+        where=context.rows,
+    )
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -130,7 +211,7 @@ LOSSES: dict[str, LossSpec] = {
             name="focal_margin",
             label="focal margin",
             fields=frozenset({"focal_gamma", "margin"}),
-            elementwise=lambda z, y, loss, gamma_neg, epoch: focal_margin_loss(
+            elementwise=lambda z, y, loss, context: focal_margin_loss(
                 z, y, margin=loss.margin, gamma=loss.focal_gamma
             ),
             applied_gamma_neg=lambda loss, gamma_neg: loss.focal_gamma,
@@ -141,7 +222,7 @@ LOSSES: dict[str, LossSpec] = {
             name="hill",
             label="Hill",
             fields=frozenset({"focal_gamma", "margin", "hill_lambda"}),
-            elementwise=lambda z, y, loss, gamma_neg, epoch: hill_loss(
+            elementwise=lambda z, y, loss, context: hill_loss(
                 z, y, margin=loss.margin, gamma=loss.focal_gamma, hill_lambda=loss.hill_lambda
             ),
             applied_gamma_neg=lambda loss, gamma_neg: 0.0,
@@ -163,6 +244,69 @@ LOSSES: dict[str, LossSpec] = {
             ),
             compared=False,
         ),
+        LossSpec(
+            name="wan",
+            label="weak assume negative",
+            fields=frozenset({"negative_weight"}),
+            elementwise=lambda z, y, loss, context: assume_negative_loss(
+                z, y, negative_weight=weak_negative_weight(loss, z.shape[-1])
+            ),
+            applied_gamma_neg=lambda loss, gamma_neg: 0.0,
+            describe=lambda loss: (
+                f"negatives × {loss.negative_weight:g}"
+                if loss.negative_weight
+                else "negatives × 1/(K − 1)"
+            ),
+            compared=False,
+            unknown="assumes_negative",
+        ),
+        LossSpec(
+            name="an_ls",
+            label="assume negative + label smoothing",
+            fields=frozenset({"label_smoothing"}),
+            elementwise=lambda z, y, loss, context: assume_negative_loss(
+                z, y, label_smoothing=loss.label_smoothing
+            ),
+            applied_gamma_neg=lambda loss, gamma_neg: 0.0,
+            describe=lambda loss: f"ε={loss.label_smoothing:g}",
+            compared=False,
+            unknown="assumes_negative",
+        ),
+        LossSpec(
+            name="llr",
+            label="large-loss rejection",
+            fields=frozenset({"rejection_per_epoch"}),
+            elementwise=_large_loss_rejection,
+            applied_gamma_neg=lambda loss, gamma_neg: 0.0,
+            describe=lambda loss: f"Δ_rel={100 * loss.rejection_per_epoch:g}%/epoch",
+            compared=False,
+            reads_epoch=True,
+            unknown="assumes_negative",
+        ),
+        LossSpec(
+            name="selective",
+            label="selective",
+            fields=frozenset(
+                {
+                    "gamma_pos",
+                    "selective_gamma_neg",
+                    "gamma_unknown",
+                    "selective_clip",
+                    "likelihood_topk",
+                    "prior_threshold",
+                    "detach_focal_weight",
+                }
+            ),
+            elementwise=_selective,
+            applied_gamma_neg=lambda loss, gamma_neg: loss.selective_gamma_neg,
+            describe=lambda loss: (
+                f"γ−={loss.selective_gamma_neg:g}, γu={loss.gamma_unknown:g}, top-"
+                f"{loss.likelihood_topk}, prior > {loss.prior_threshold:g}"
+            ),
+            compared=False,
+            unknown="reads",
+            reads_class_prior=True,
+        ),
     )
 }
 LOSS_NAMES = tuple(LOSSES)
@@ -178,7 +322,11 @@ def loss_spec(name: str) -> LossSpec:
 def used_fields(name: str, *, adaptive: bool) -> frozenset[str]:
     """The ``loss.*`` fields a run of loss ``name`` reads."""
     spec = loss_spec(name)
-    return COMMON_FIELDS | spec.fields | (ADAPTIVE_FIELDS if adaptive and spec.adaptive else set())
+    fields = (
+        COMMON_FIELDS | spec.fields | (ADAPTIVE_FIELDS if adaptive and spec.adaptive else set())
+    )
+    fields |= CLASS_PRIOR_FIELDS if spec.reads_class_prior else set()
+    return fields | ({"unknown"} if spec.unknown == "follows" else set())
 
 
 #: ``loss.class_weights`` value that derives the weights from the train labels.
@@ -239,6 +387,15 @@ class LossConfig(ConfigBlock):
     - ``focal_margin``, ``hill``, ``splc``: the losses for missing labels of
       :mod:`asl_jax.missing_labels` with ``focal_gamma``, ``margin``, ``hill_lambda``,
       ``splc_tau`` and ``splc_warmup_epochs``.
+    - ``wan``, ``an_ls``, ``llr``: binary cross-entropy with the unknown labels assumed
+      negative, with weak negatives (``negative_weight``), label smoothing
+      (``label_smoothing``) or large-loss rejection (``rejection_per_epoch``).
+    - ``selective``: the class-aware selective loss for labels {1, 0, -1} (``gamma_pos``,
+      ``selective_gamma_neg``, ``gamma_unknown``, ``selective_clip``, ``likelihood_topk``,
+      ``prior_threshold``, ``prior_decay``).
+
+    ``unknown`` says what the other losses do with unknown labels (-1): leave them out
+    (``ignore``) or take them as negatives (``negative``, "assume negative").
 
     ``reduction`` ``batchmean`` (sum / batch size) keeps logged losses and ``grad_clip_norm``
     independent of the batch size; Adam is invariant to the loss's scale either way. The adaptive
@@ -325,6 +482,63 @@ class LossConfig(ConfigBlock):
         "SPLC: epochs before the label correction starts",
         effect=PROGRAM,
         check=non_negative(),
+    )
+    # Unknown labels (-1) and the methods for single positive and partial labels
+    # (asl_jax.missing_labels), with their papers' defaults.
+    unknown: str = option(
+        "ignore",
+        "unknown labels (-1) for losses that do not read them: ignore (left out of the loss) or "
+        "negative (assumed negative)",
+        effect=PROGRAM,
+        check=one_of(UNKNOWN_LABELS),
+    )
+    negative_weight: float = option(
+        0.0,
+        "wan: weight of the assumed negatives (0 = 1/(K − 1), the paper's)",
+        effect=PROGRAM,
+        check=non_negative(),
+    )
+    label_smoothing: float = option(
+        0.1, "an_ls: label smoothing ε", effect=PROGRAM, check=interval(0.0, 1.0)
+    )
+    rejection_per_epoch: float = option(
+        0.002,
+        "llr: fraction of all labels rejected more per epoch after the first (Δ_rel)",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0),
+    )
+    selective_gamma_neg: float = option(
+        1.0, "selective: γ− of annotated negatives", effect=PROGRAM, check=non_negative()
+    )
+    gamma_unknown: float = option(
+        2.0,
+        "selective: γ of the unknown labels learned as negatives",
+        effect=PROGRAM,
+        check=non_negative(),
+    )
+    selective_clip: float = option(
+        0.0,
+        "selective: probability margin of the negatives, in [0, 1)",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0, high_open=True),
+    )
+    likelihood_topk: int = option(
+        5,
+        "selective: unknown labels ignored per image, the batch's most likely",
+        effect=PROGRAM,
+        check=at_least(0),
+    )
+    prior_threshold: float = option(
+        0.05,
+        "selective: unknown labels of classes whose prior is above this are ignored",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0),
+    )
+    prior_decay: float = option(
+        0.99,
+        "selective: decay of the running estimate of the class priors",
+        effect=PROGRAM,
+        check=interval(0.0, 1.0, high_open=True),
     )
     # Weighting outside the paper (as timm's loss factory offers).
     class_weights: str = option(

@@ -94,6 +94,7 @@ def build_programs(
             tx=tx,
             image_shape=(image_size, image_size, 3),
             gamma_neg=config.loss.gamma_neg,
+            class_prior_classes=num_classes if config.loss.spec.reads_class_prior else 0,
         ),
         mesh,
     )

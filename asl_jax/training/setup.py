@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 
 from asl_jax.data import DataSource, create_source, split_labels, steps_per_epoch
 from asl_jax.training import parallel, progress

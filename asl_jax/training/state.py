@@ -36,6 +36,9 @@ class TrainState:
       consecutive_nonfinite: length of the current run of skipped steps (0 after a good step).
       apply_fn: the model's ``apply`` (static).
       tx: the optax transformation (static).
+      class_prior: the running estimate of the class priors ``[K]`` (float32) for a loss that
+        reads them (the selective loss), None otherwise: a None field is not checkpointed, so
+        the checkpoints of every other run keep their layout.
     """
 
     step: jax.Array
@@ -50,6 +53,7 @@ class TrainState:
     consecutive_nonfinite: jax.Array
     apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    class_prior: Any = None
 
     @property
     def key(self) -> jax.Array:
@@ -65,6 +69,7 @@ def create_train_state(
     image_shape: tuple[int, int, int],
     gamma_neg: float,
     variables: Any = None,
+    class_prior_classes: int = 0,
 ) -> TrainState:
     """Initialises a :class:`TrainState`.
 
@@ -77,6 +82,8 @@ def create_train_state(
       variables: ``{"params", "batch_stats"}`` to start from (pretrained weights, see
         :func:`asl_jax.models.pretrained.from_torch`) instead of the model's initialisation; pass
         them as an argument of the jitted initialiser, not as a constant closed over.
+      class_prior_classes: K > 0 carries a class-prior estimate of K zeros (for a loss that
+        reads it); 0 carries none.
 
     Returns:
       The initial state (step 0, EMA equal to the parameters).
@@ -106,6 +113,7 @@ def create_train_state(
         consecutive_nonfinite=zero,
         apply_fn=model.apply,
         tx=tx,
+        class_prior=jnp.zeros(class_prior_classes, jnp.float32) if class_prior_classes else None,
     )
 
 
@@ -113,10 +121,11 @@ def checkpoint_items(state: TrainState) -> dict[str, Any]:
     """The state's arrays as a plain dict (what is checkpointed; static fields excluded).
 
     Derived from the dataclass fields, so that a field added to :class:`TrainState` is saved
-    without editing this function.
+    without editing this function. A field that is None (a class prior the loss does not read)
+    is left out: the checkpoint has the layout it had before the field existed.
     """
     return {
         field.name: getattr(state, field.name)
         for field in dataclasses.fields(state)
-        if field.metadata.get("pytree_node", True)
+        if field.metadata.get("pytree_node", True) and getattr(state, field.name) is not None
     }

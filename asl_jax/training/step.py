@@ -9,7 +9,7 @@ moments, Δp) is over the **global** batch: the same numbers on one device or ma
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,14 @@ import optax
 from asl_jax.adaptive import probability_stats, update_gamma_neg
 from asl_jax.data.augment import AugmentConfig, augment_images, to_float
 from asl_jax.losses import known_labels_mask, reduce_loss
+from asl_jax.missing_labels import update_class_prior
 from asl_jax.models.heads import frozen_mask
-from asl_jax.training.loss_registry import INVERSE_FREQUENCY, LossConfig, parse_class_weights
+from asl_jax.training.loss_registry import (
+    INVERSE_FREQUENCY,
+    LossConfig,
+    LossContext,
+    parse_class_weights,
+)
 from asl_jax.training.state import TrainState
 
 #: ``fold_in`` constant of the dropout stream within a step's key.
@@ -33,13 +39,17 @@ def elementwise_loss(
     gamma_neg: jax.Array | float,
     *,
     epoch: jax.Array | float | None = None,
+    class_prior: jax.Array | None = None,
+    rows: jax.Array | None = None,
 ) -> jax.Array:
     """The configured element-wise loss (see :class:`LossConfig` and the loss registry).
 
     ``epoch`` is the training progress in epochs (the train step passes ``step / steps per
-    epoch``; losses with a schedule, SPLC, read it); None outside training.
+    epoch``; losses with a schedule, SPLC and large-loss rejection, read it); None outside
+    training. ``class_prior`` and ``rows`` as in :class:`LossContext`.
     """
-    value = loss.spec.elementwise(logits, labels, loss, gamma_neg, epoch)
+    context = LossContext(gamma_neg, epoch=epoch, class_prior=class_prior, rows=rows)
+    value = loss.spec.elementwise(logits, labels, loss, context)
     weights = element_weights(loss, labels)
     return value if weights is None else value * weights
 
@@ -118,11 +128,12 @@ def loss_and_logits(
     loss: LossConfig,
     gamma_neg: jax.Array | float,
     epoch: jax.Array | float | None = None,
+    rows: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, Any]]:
     """The forward pass in training mode and the reduced loss: ``(loss, (logits, batch_stats))``.
 
-    The function the train step differentiates with respect to ``params``; ``epoch`` as in
-    :func:`elementwise_loss`.
+    The function the train step differentiates with respect to ``params``; ``epoch`` and
+    ``rows`` as in :func:`elementwise_loss` (the class priors come from the state).
     """
     logits, updates = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats},
@@ -132,9 +143,10 @@ def loss_and_logits(
         rngs={"dropout": dropout_key(state)},
     )
     logits = logits.astype(jnp.float32)
-    value = reduce_loss(
-        elementwise_loss(logits, labels, loss, gamma_neg, epoch=epoch), loss.reduction, where=where
+    elementwise = elementwise_loss(
+        logits, labels, loss, gamma_neg, epoch=epoch, class_prior=state.class_prior, rows=rows
     )
+    value = reduce_loss(elementwise, loss.reduction, where=where)
     # Models without batch norm (ViT) have no statistics to update.
     return value, (logits, updates.get("batch_stats", state.batch_stats))
 
@@ -152,6 +164,48 @@ def known_labels(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     if "mask" in batch:
         where = where & jnp.asarray(batch["mask"], bool)[:, None]
     return jnp.where(known, raw_labels, 0.0), where
+
+
+class LossLabels(NamedTuple):
+    """A batch's labels as the loss and the probability statistics see them.
+
+    Attributes:
+      loss_labels: what the loss reads: unknown labels (-1) set to 0, or kept for a loss that
+        reads them.
+      loss_where: where the loss counts: known labels (``loss.unknown='ignore'``) or every
+        label (unknown ones assumed negative, or read by the loss), of the rows that count.
+      stats_labels: {0, 1} labels of the statistics (Δp): unknown set to 0.
+      stats_where: where the statistics count: as the loss, but never an unknown label that the
+        loss reads itself.
+      rows: ``[B, 1]`` the rows that count (False: padding).
+    """
+
+    loss_labels: jax.Array
+    loss_where: jax.Array
+    stats_labels: jax.Array
+    stats_where: jax.Array
+    rows: jax.Array
+
+
+def loss_labels(batch: dict[str, jax.Array], loss: LossConfig) -> LossLabels:
+    """The batch's labels for ``loss``: unknown labels ignored, assumed negative or passed on.
+
+    What becomes of an unknown label is the loss's own choice (its registry entry), or
+    ``loss.unknown`` for a loss that leaves it to the config.
+    """
+    targets, known = known_labels(batch)
+    rows = jnp.ones(targets.shape[:1], bool)
+    if "mask" in batch:
+        rows = jnp.asarray(batch["mask"], bool)
+    rows = rows[:, None]
+    every_row = jnp.broadcast_to(rows, targets.shape)
+    mode = loss.spec.unknown_labels(loss)
+    if mode == "ignore":
+        return LossLabels(targets, known, targets, known, rows)
+    if mode == "negative":
+        return LossLabels(targets, every_row, targets, every_row, rows)
+    raw = jnp.asarray(batch["labels"], jnp.float32)
+    return LossLabels(raw, every_row, targets, known, rows)
 
 
 def _next_gamma_neg(loss: LossConfig, gamma_neg: jax.Array, delta_p: jax.Array) -> jax.Array:
@@ -199,7 +253,7 @@ def train_step(
       except the step and skip counters), ``consecutive_nonfinite``.
     """
     images = augmented_images(state, batch, augment)
-    labels, where = known_labels(batch)
+    labels = loss_labels(batch, loss)
     # A LossConfig is adaptive only for a loss whose registry entry allows it (its check).
     gamma_neg = state.gamma_neg if loss.adaptive else loss.gamma_neg
 
@@ -207,11 +261,20 @@ def train_step(
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         return loss_and_logits(
-            params, state, images, labels, where, loss=loss, gamma_neg=gamma_neg, epoch=epoch
+            params,
+            state,
+            images,
+            labels.loss_labels,
+            labels.loss_where,
+            loss=loss,
+            gamma_neg=gamma_neg,
+            epoch=epoch,
+            rows=labels.rows,
         )
 
     (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    stats = probability_stats(jax.lax.stop_gradient(logits), labels, where=where)
+    logits = jax.lax.stop_gradient(logits)
+    stats = probability_stats(logits, labels.stats_labels, where=labels.stats_where)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
 
@@ -236,6 +299,10 @@ def train_step(
         "ema_batch_stats": ema_batch_stats,
         "gamma_neg": jnp.asarray(new_gamma_neg, jnp.float32),
     }
+    if loss.spec.reads_class_prior:
+        updated["class_prior"] = update_class_prior(
+            state.class_prior, logits, decay=loss.prior_decay, where=labels.rows[:, 0]
+        )
     current = {name: getattr(state, name) for name in updated}
     new_state = state.replace(
         **_select(finite, updated, current),

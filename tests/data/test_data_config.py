@@ -31,7 +31,10 @@ def test_defaults_are_valid():
             r"data\.drop_positive_fraction=1\.0: expected a number in \[0\.0, 1\.0\)",
         ),
         ({"drop_positive_fraction": -0.1}, r"data\.drop_positive_fraction"),
-        ({"name": "voc2007", "drop_positive_fraction": 0.3}, r"only supported for.*shapes"),
+        (
+            {"name": "voc2007", "drop_positive_fraction": 0.3},
+            r"missing labels on shapes and folder data only",
+        ),
         ({"cache_dir": 3}, r"data\.cache_dir=3: expected a string"),
         ({"skip_bad_rows": 1}, r"data\.skip_bad_rows=1: expected True or False"),
         ({"voc_use_difficult": "yes"}, r"data\.voc_use_difficult"),

@@ -100,26 +100,6 @@ def test_unwritable_cache_dir_still_works(tmp_path):
     assert src.num_examples("train") == 8
 
 
-def test_drop_positive_fraction(tmp_path):
-    kw = dict(num_train=200, num_val=50, image_size=8, seed=5, cache_dir=str(tmp_path))
-    clean = shapes.ShapesSource(**kw)
-    dropped = shapes.ShapesSource(**kw, drop_positive_fraction=0.5)
-    more = shapes.ShapesSource(**kw, drop_positive_fraction=0.75)
-    assert len(os.listdir(tmp_path)) == 1  # the option does not change the cached images
-    y0 = clean.arrays("train")[1]
-    y1 = dropped.arrays("train")[1]
-    y2 = more.arrays("train")[1]
-    assert dropped.num_dropped == round(0.5 * y0.sum()) == int(y0.sum() - y1.sum())
-    assert np.all(y1 <= y0) and np.all(y2 <= y1)  # nested: drops only positives, superset
-    np.testing.assert_array_equal(dropped.clean_train_labels, y0)
-    np.testing.assert_array_equal(clean.arrays("val")[1], dropped.arrays("val")[1])  # val intact
-    np.testing.assert_array_equal(clean.arrays("train")[0], dropped.arrays("train")[0])
-    again = shapes.ShapesSource(**kw, drop_positive_fraction=0.5)
-    np.testing.assert_array_equal(again.arrays("train")[1], y1)  # deterministic
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        shapes.drop_positives(y0, 1.0, seed=0)
-
-
 def test_source_batches(tmp_path):
     src = shapes.ShapesSource(num_train=24, num_val=10, image_size=16, cache_dir=str(tmp_path))
     assert src.name == "shapes" and src.num_classes == 30 and src.image_size == 16

@@ -24,6 +24,10 @@ PERTURBED = {
     "focal_gamma": 3.0,
     "clip": 0.2,
     "splc_tau": 0.9,
+    "likelihood_topk": 0,
+    "rejection_per_epoch": 0.05,
+    "unknown": "negative",
+    "prior_decay": 0.5,
 }
 #: The training progress the losses see: after one warm-up epoch (SPLC corrects), before a
 #: perturbed one.
@@ -31,11 +35,17 @@ EPOCH = 1.5
 
 
 def _value_and_grad(loss):
-    logits = jnp.linspace(-4.0, 4.0, 24).reshape(4, 6)
-    labels = (jnp.arange(24).reshape(4, 6) % 3 == 0).astype(jnp.float32)
+    # 30 classes: enough unknown labels that the selective loss's top-k does not take them all.
+    logits = jnp.linspace(-4.0, 4.0, 120).reshape(4, 30)
+    labels = jnp.asarray([1.0, -1.0, 0.0])[jnp.arange(120).reshape(4, 30) % 3]
+    if loss.spec.unknown_labels(loss) != "read":
+        labels = jnp.maximum(labels, 0.0)
+    prior = jnp.linspace(0.0, 0.1, 30)  # half the classes above the prior threshold
 
     def total(z):
-        return elementwise_loss(z, labels, loss, loss.gamma_neg, epoch=EPOCH).sum()
+        return elementwise_loss(
+            z, labels, loss, loss.gamma_neg, epoch=EPOCH, class_prior=prior
+        ).sum()
 
     value, grad = jax.value_and_grad(total)(logits)
     return np.concatenate([np.ravel(value), np.ravel(grad)])
@@ -44,7 +54,7 @@ def _value_and_grad(loss):
 def _changed(field, value):
     if isinstance(value, bool):
         return not value
-    return PERTURBED.get(field, value * 2 + 0.25)
+    return PERTURBED[field] if field in PERTURBED else value * 2 + 0.25
 
 
 @pytest.mark.parametrize("name", LOSS_NAMES)
@@ -73,11 +83,13 @@ def test_unknown_loss_names_the_known_ones():
 def test_class_and_positive_weights_scale_each_element(name):
     logits = jnp.linspace(-4.0, 4.0, 24).reshape(4, 6)
     labels = (jnp.arange(24).reshape(4, 6) % 3 == 0).astype(jnp.float32)
-    plain = elementwise_loss(logits, labels, LossConfig(name=name), 4.0)
+    prior = jnp.zeros(6)
+    plain = elementwise_loss(logits, labels, LossConfig(name=name), 4.0, class_prior=prior)
     weights = np.array([1.0, 2.0, 0.0, 0.5, 1.0, 3.0])
     weighted = LossConfig(name=name, class_weights=",".join(map(str, weights)), pos_weight=2.5)
     expected = plain * weights * np.where(labels > 0, 2.5, 1.0)
-    np.testing.assert_allclose(elementwise_loss(logits, labels, weighted, 4.0), expected, rtol=1e-6)
+    got = elementwise_loss(logits, labels, weighted, 4.0, class_prior=prior)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_weights_need_one_per_class_and_resolved_inverse_frequency():

@@ -25,7 +25,12 @@ def _init():
     model = create_model("cnn", num_classes=3, width=4)
     return jax.jit(
         lambda key: create_train_state(
-            key, model, optax.adam(1e-3), image_shape=(8, 8, 3), gamma_neg=4.0
+            key,
+            model,
+            optax.adam(1e-3),
+            image_shape=(8, 8, 3),
+            gamma_neg=4.0,
+            class_prior_classes=3,  # every field present, the optional class prior included
         ),
         compiler_options=FAST_COMPILE,
     )
@@ -47,6 +52,11 @@ def _perturbed(state):
 
 def test_checkpoint_items_are_the_array_fields():
     assert sorted(checkpoint_items(_state())) == sorted(ARRAY_FIELDS)
+
+
+def test_a_state_without_class_prior_keeps_the_earlier_checkpoint_layout():
+    # Runs whose loss does not read the class priors save what they saved before the field.
+    assert "class_prior" not in checkpoint_items(_state().replace(class_prior=None))
 
 
 @pytest.mark.parametrize("field", ARRAY_FIELDS)
