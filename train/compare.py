@@ -17,9 +17,16 @@ model, schedule and config overrides (the ``--config`` / ``--config.*`` flags of
 | ``focal_margin`` | focal loss with the logit margin ``loss.margin`` on the positives |
 | ``hill``         | Hill: focal margin positives, ``(loss.hill_lambda − p)·p²`` negatives |
 | ``splc``         | focal margin, negatives above ``loss.splc_tau`` taken as positives |
+| ``wan``          | weak assume negative: BCE, negatives weighted by ``loss.negative_weight`` |
+| ``an_ls``        | assume negative with label smoothing ``loss.label_smoothing`` |
+| ``llr``          | assume negative, largest losses rejected (``loss.rejection_per_epoch``) |
+| ``selective``    | class-aware selective loss for labels {1, 0, -1} (``loss.gamma_unknown``...) |
 
 The first four (the paper's comparison) run by default; the losses for missing labels
-(``focal_margin``, ``hill``, ``splc``: Zhang et al., 2021) when named.
+(``focal_margin``, ``hill``, ``splc``: Zhang et al., 2021; ``wan``, ``an_ls``: Cole et al., 2021;
+``llr``: Kim et al., 2022; ``selective``: Ben-Baruch et al., 2022) when named. With simulated
+missing labels (``--config.data.annotation``), ``--config.loss.unknown=negative`` makes the
+losses that do not handle unknown labels themselves take them as negatives.
 
 The runs go one after another, each in its own workdir ``WORKDIR/<loss>/`` (a complete
 ``python -m train`` workdir: evaluate or predict with it). Results in ``WORKDIR``:
@@ -499,11 +506,15 @@ def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
 def _setup_line(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -> str:
     data = config["data"]
     what = f"data {data['name']}"
+    details = []
     if data["name"] == "shapes":
-        what += f" ({data['num_train']} train / {data['num_val']} val images"
-        if data.get("drop_positive_fraction"):
-            what += f", {100 * data['drop_positive_fraction']:g}% of the train positives dropped"
-        what += ")"
+        details.append(f"{data['num_train']} train / {data['num_val']} val images")
+    if data.get("drop_positive_fraction"):
+        details.append(f"{100 * data['drop_positive_fraction']:g}% of the train positives dropped")
+    if data.get("annotation", "complete") != "complete":
+        details.append(f"train labels annotated {data['annotation']}")
+    if details:
+        what += f" ({', '.join(details)})"
     steps = (
         f"{config['num_steps']} steps" if config["num_steps"] else f"{config['num_epochs']} epochs"
     )
@@ -547,8 +558,16 @@ def format_markdown(result: Mapping[str, Any]) -> str:
 
 #: The results that :func:`aggregate_seeds` summarises over seeds (keys of a compare.json run).
 SEED_METRICS = ("final_map", "final_map_ema", "final_cf1", "final_of1")
-#: The loss every other loss is compared with, seed by seed.
+#: The loss every other loss is compared with, seed by seed (``--baseline``'s default).
 BASELINE = "bce"
+
+
+def parse_baseline(name: str, losses: Sequence[str]) -> str:
+    """``--baseline``: one of the runs of ``--losses``; ValueError naming them otherwise."""
+    if name not in losses:
+        raise ValueError(f"--baseline={name!r}: expected one of the runs of --losses: "
+                         f"{', '.join(losses)}")  # fmt: skip
+    return name
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -564,17 +583,21 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def aggregate_seeds(results: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per loss, mean ± sd over seeds of :data:`SEED_METRICS` and the paired test against BCE.
+def aggregate_seeds(
+    results: Mapping[int, Mapping[str, Any]], baseline: str = BASELINE
+) -> list[dict[str, Any]]:
+    """Per loss, mean ± sd over seeds of :data:`SEED_METRICS` and the paired test against
+    ``baseline``.
 
     Args:
       results: seed -> that seed's compare.json content.
+      baseline: the run every other is compared with (a ``--losses`` name).
 
     Returns:
       One entry per loss (in run order): ``loss``, ``label``, ``seeds`` (those whose run
-      completed), per metric ``{"values", "mean", "std", "n"}`` and ``vs_bce``: per metric the
-      :func:`~asl_jax.training.statistics.paired_difference` over the seeds where both the loss
-      and BCE completed (None for BCE itself or without a BCE run).
+      completed), per metric ``{"values", "mean", "std", "n"}`` and ``vs_baseline``: per metric
+      the :func:`~asl_jax.training.statistics.paired_difference` over the seeds where both the
+      loss and the baseline completed (None for the baseline itself or without its run).
     """
     from asl_jax.training.statistics import mean_and_std, paired_difference
 
@@ -592,13 +615,13 @@ def aggregate_seeds(results: Mapping[int, Mapping[str, Any]]) -> list[dict[str, 
         for key in SEED_METRICS:
             values = [runs[s][key] for s in sorted(runs) if runs[s][key] is not None]
             entry[key] = {"values": values, **mean_and_std(values)} if values else None
-        baseline = by_loss.get(BASELINE, {})
-        paired = [s for s in sorted(runs) if s in baseline]
-        entry["vs_bce"] = None
-        if loss != BASELINE and paired:
-            entry["vs_bce"] = {
+        reference = by_loss.get(baseline, {})
+        paired = [s for s in sorted(runs) if s in reference]
+        entry["vs_baseline"] = None
+        if loss != baseline and paired:
+            entry["vs_baseline"] = {
                 key: paired_difference(
-                    [runs[s][key] for s in paired], [baseline[s][key] for s in paired]
+                    [runs[s][key] for s in paired], [reference[s][key] for s in paired]
                 )
                 for key in SEED_METRICS
             }
@@ -622,15 +645,17 @@ def _versus(test: Mapping[str, Any] | None) -> str:
     return f"{100 * test['mean']:+.2f} ± {100 * test['stderr']:.2f} (p = {test['p']:.2g})"
 
 
-def format_seed_table(entries: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table of seeds.md: mean ± sd over seeds, and mAP minus BCE's, seed by seed."""
+def format_seed_table(entries: Sequence[Mapping[str, Any]], baseline: str = BASELINE) -> str:
+    """The Markdown table of seeds.md: mean ± sd over seeds, and mAP minus the baseline's, seed
+    by seed."""
+    label = LABELS[baseline]
     lines = [
-        "| loss | seeds | mAP | EMA mAP | CF1 | OF1 | mAP − BCE mAP (± s.e., paired t-test) |",
+        f"| loss | seeds | mAP | EMA mAP | CF1 | OF1 | mAP − {label} mAP (± s.e., paired t-test) |",
         "|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         cells = [format_mean_sd(e[key]) for key in SEED_METRICS]
-        versus = _versus(e["vs_bce"]["final_map"]) if e["vs_bce"] else "–"
+        versus = _versus(e["vs_baseline"]["final_map"]) if e["vs_baseline"] else "–"
         seeds = ",".join(map(str, e["seeds"])) or "none completed"
         lines.append(f"| {e['label']} | {seeds} | {' | '.join(cells)} | {versus} |")
     return "\n".join(lines)
@@ -642,6 +667,8 @@ def compare_seeds(
     workdir: str | os.PathLike[str],
     losses: Sequence[str],
     seeds: Sequence[int],
+    *,
+    baseline: str = BASELINE,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`compare` once per seed, in ``WORKDIR/seed_<s>/``, then seeds.json and seeds.md.
@@ -651,6 +678,7 @@ def compare_seeds(
       workdir: where the per-seed comparisons and the summary go.
       losses: as :func:`compare`.
       seeds: the seeds, in the order to run them.
+      baseline: the run of ``losses`` that the paired differences are taken against.
       **kwargs: passed to :func:`compare` (``command``, ``train_fn``, ...).
 
     Returns:
@@ -678,7 +706,8 @@ def compare_seeds(
         "seeds": list(seeds),
         "status": status,
         "signal": interrupted,
-        "losses": aggregate_seeds(results),
+        "baseline": baseline,
+        "losses": aggregate_seeds(results, baseline),
         "comparisons": {
             str(s): os.path.join(r["workdir"], "compare.json") for s, r in results.items()
         },
@@ -687,11 +716,11 @@ def compare_seeds(
     with open(os.path.join(workdir, "seeds.md"), "w", encoding="utf-8") as f:
         f.write(
             f"# Loss comparison over seeds {', '.join(map(str, seeds))}\n\n"
-            + format_seed_table(summary["losses"])
+            + format_seed_table(summary["losses"], baseline)
             + "\n\nMean ± sample standard deviation over the seeds whose run completed, in %. "
-            "The last column: the mean of the per-seed differences to BCE (same seed = same data "
-            "order, augmentation and initialisation), its standard error and the two-sided "
-            "p-value of a paired t-test.\n"
+            f"The last column: the mean of the per-seed differences to {LABELS[baseline]} (same "
+            "seed = same data order, augmentation and initialisation), its standard error and "
+            "the two-sided p-value of a paired t-test.\n"
         )
     return summary
 
@@ -770,6 +799,7 @@ def main(argv: list[str]) -> int:
     try:
         losses = parse_losses(flags.FLAGS.losses)
         seeds = parse_seeds(flags.FLAGS.seeds) if flags.FLAGS.seeds else None
+        baseline = parse_baseline(flags.FLAGS.baseline, losses)
     except ValueError as e:  # an unusable command line
         return cli.error(str(e), status=cli.USAGE_EXIT)
     base = flags.FLAGS.config
@@ -780,7 +810,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         return cli.error(str(e))
     if seeds is not None:
-        return _main_seeds(base, flags.FLAGS.workdir, losses, seeds)
+        return _main_seeds(base, flags.FLAGS.workdir, losses, seeds, baseline)
     try:
         result = compare(base, flags.FLAGS.workdir, losses)
     except WorkdirBusyError as e:
@@ -810,17 +840,19 @@ def main(argv: list[str]) -> int:
     return cli.multi_run_status(result, message)
 
 
-def _main_seeds(base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int]) -> int:
+def _main_seeds(
+    base: Any, workdir: str, losses: Sequence[str], seeds: Sequence[int], baseline: str
+) -> int:
     """``--seeds``: one comparison per seed, then the table over seeds."""
     from train import cli
 
     try:
-        summary = compare_seeds(base, workdir, losses, seeds)
+        summary = compare_seeds(base, workdir, losses, seeds, baseline=baseline)
     except WorkdirBusyError as e:
         return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
         return cli.error(f"data.name={base.data.name!r}: {e}")
-    print(format_seed_table(summary["losses"]), flush=True)
+    print(format_seed_table(summary["losses"], baseline), flush=True)
     out = os.path.abspath(workdir)
     print(f"Results in {out}: seeds.json, seeds.md, and one comparison per seed (seed_<s>/).")
     return cli.multi_run_status(summary, "some runs failed (see seed_<s>/compare.md)")
@@ -840,7 +872,13 @@ def _define_flags() -> None:
         "seeds",
         "",
         "Comma-separated seeds (e.g. 0,1,2): one comparison per seed in WORKDIR/seed_<s>/, and "
-        "mean ± sd with a paired test against BCE in seeds.md. Default: the config's seed only.",
+        "mean ± sd with a paired test against --baseline in seeds.md. Default: the config's "
+        "seed only.",
+    )
+    flags.DEFINE_string(
+        "baseline",
+        BASELINE,
+        "With --seeds: the run of --losses that every other is compared with, seed by seed.",
     )
 
 

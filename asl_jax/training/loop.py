@@ -439,6 +439,8 @@ def _finish(run: Run, loop: _Loop, interrupted: int | None) -> TrainResult:
             "num_devices": run.mesh.size,
             "num_processes": jax.process_count(),
             "unknown_labels": _unknown_labels(run.source),
+            "train_labels": _label_counts(split_labels(run.source, "train")),
+            "class_prior": _class_prior(loop.state, run.source),
             "final_gamma_neg": gamma_neg if step > 0 else None,
         },
     )
@@ -452,6 +454,26 @@ def _finish(run: Run, loop: _Loop, interrupted: int | None) -> TrainResult:
         except Exception as e:  # plots are a convenience: never lose a run to them
             progress.log(f"warning: could not write plots: {e!r}")
     return TrainResult(loop.state, summary, list(run.log.records), interrupted, run.workdir)
+
+
+def _label_counts(labels: np.ndarray | None) -> dict[str, int] | None:
+    """How many labels are positive, negative and unknown (after any simulated annotation)."""
+    if labels is None:
+        return None
+    known = known_labels_mask(labels)
+    return {
+        "positive": int(np.count_nonzero(known & (labels > 0))),
+        "negative": int(np.count_nonzero(known & (labels == 0))),
+        "unknown": int(np.count_nonzero(~known)),
+    }
+
+
+def _class_prior(state: TrainState, source: DataSource) -> dict[str, float] | None:
+    """The class-prior estimate at the end, per class name (a loss that reads it; else None)."""
+    if state.class_prior is None:
+        return None
+    values = np.asarray(jax.device_get(state.class_prior)).tolist()
+    return dict(zip(source.class_names, values, strict=True))
 
 
 def _unknown_labels(source: DataSource) -> dict[str, int] | None:

@@ -217,8 +217,8 @@ def test_seeds_run_one_comparison_per_seed_and_test_against_bce(comparison, tmp_
         [maps[("bce", s)] for s in (0, 1, 2)],
     )
     assert asl["final_map"] == {"values": asl_maps, **mean_and_std(asl_maps)}
-    assert asl["vs_bce"]["final_map"] == paired_difference(asl_maps, bce_maps)
-    assert bce["vs_bce"] is None and bce["seeds"] == [0, 1, 2]
+    assert asl["vs_baseline"]["final_map"] == paired_difference(asl_maps, bce_maps)
+    assert bce["vs_baseline"] is None and bce["seeds"] == [0, 1, 2]
     assert json.load(open(tmp_path / "seeds.json")) == json.loads(json.dumps(summary))
     md = open(tmp_path / "seeds.md").read()
     assert "| ASL | 0,1,2 | 71.00 ± 1.00 |" in md and "(p = " in md
@@ -236,6 +236,27 @@ def test_seeds_stop_at_an_interrupted_comparison(comparison, tmp_path):
     assert summary["status"] == "interrupted" and summary["signal"] == 15
     assert sorted(summary["comparisons"]) == ["0", "1"]  # seed 2 not started
     assert summary["losses"][0]["seeds"] == [0]
+
+
+def test_seeds_compared_with_another_baseline(comparison, tmp_path):
+    maps = {("bce", 0): 0.6, ("bce", 1): 0.5, ("asl", 0): 0.9, ("asl", 1): 0.7}
+
+    def train_fn(config, run_dir, **kwargs):
+        result = _fake_result(run_dir, interrupted=None, step=10)
+        result.summary["final"]["map"] = maps[(config.loss.name, config.seed)]
+        return result
+
+    summary = compare.compare_seeds(
+        comparison.config(), tmp_path, ("bce", "asl"), (0, 1), baseline="asl",
+        train_fn=train_fn, handle_signals=False,
+    )  # fmt: skip
+    bce, asl = summary["losses"]
+    assert summary["baseline"] == "asl" and asl["vs_baseline"] is None
+    assert bce["vs_baseline"]["final_map"]["mean"] == pytest.approx(-0.25)
+    assert "mAP − ASL mAP" in open(tmp_path / "seeds.md").read()
+    assert compare.parse_baseline("asl", ("bce", "asl")) == "asl"
+    with pytest.raises(ValueError, match=r"--baseline='hill': expected one of the runs"):
+        compare.parse_baseline("hill", ("bce", "asl"))
 
 
 @pytest.mark.parametrize("text", ["0,x", "1,1", "-1", ","])
