@@ -1,15 +1,17 @@
-"""``python -m train.sweep``: ASL over a grid of γ−, γ+ and margin, with seeds and error bars.
+"""``python -m train.sweep``: a loss over a grid of its settings, with seeds and error bars.
 
 The question the paper's ablations answer, on your data: which γ− and which probability margin
-m? Every point of the grid trains ASL once per seed, through the same code as
-``python -m train.compare --seeds`` (one comparison of the single loss ``asl`` per point):
+m? Every point of the grid trains the loss (``--loss``, default ASL) once per seed, through the
+same code as ``python -m train.compare --seeds`` (one comparison of that single loss per point):
 
     python -m train.sweep --grid=loss.gamma_neg=0,1,2,4,6 --grid=loss.clip=0,0.05,0.1,0.2
     python -m train.sweep --grid=loss.gamma_neg=2,4 --seeds=0,1,2 --config.num_steps=512
+    python -m train.sweep --loss=hill --grid=loss.hill_lambda=1,1.5,2
 
-``--grid=KEY=V1,V2,...`` takes one of the fields ASL reads that are numbers (``loss.gamma_neg``,
-``loss.gamma_pos``, ``loss.clip``); several ``--grid`` flags span their product. Each point's
-runs live in ``WORKDIR/<key=value,...>/seed_<s>/asl/`` (complete training workdirs). Results in
+``--loss`` takes any ``train.compare --losses`` name; ``--grid=KEY=V1,V2,...`` one of the fields
+that loss reads that are real numbers (for ASL ``loss.gamma_neg``, ``loss.gamma_pos``,
+``loss.clip``); several ``--grid`` flags span their product. Each point's runs live in
+``WORKDIR/<key=value,...>/seed_<s>/<loss>/`` (complete training workdirs). Results in
 ``WORKDIR``:
 
 - ``sweep.json``: per point its settings and, over the seeds whose run completed, the mean,
@@ -35,33 +37,51 @@ from typing import Any
 from asl_jax.config_fields import nested_dict
 from asl_jax.training.config import Config
 from asl_jax.training.lock import WorkdirBusyError, holds_workdir_lock
-from asl_jax.training.loss_registry import LossConfig, loss_spec
-from train.compare import SEED_METRICS, compare_seeds, format_mean_sd, parse_seeds
-
-#: The loss a sweep trains.
-SWEPT_LOSS = "asl"
-#: Keys ``--grid`` accepts: the fields the swept loss reads (loss registry) that are numbers.
-GRID_KEYS = tuple(
-    sorted(
-        f"loss.{name}"
-        for name in loss_spec(SWEPT_LOSS).fields
-        if isinstance(getattr(LossConfig(), name), float)
-    )
+from asl_jax.training.loss_registry import COMMON_FIELDS, LossConfig
+from train.compare import (
+    LABELS,
+    RUNS,
+    SEED_METRICS,
+    USED_LOSS_FIELDS,
+    compare_seeds,
+    format_mean_sd,
+    parse_seeds,
 )
 
+#: The loss a sweep trains unless ``--loss`` says otherwise.
+SWEPT_LOSS = "asl"
 
-def parse_grid(specs: Sequence[str]) -> dict[str, tuple[float, ...]]:
+
+def grid_keys(loss: str = SWEPT_LOSS) -> tuple[str, ...]:
+    """Keys ``--grid`` accepts for the run ``loss``: the fields it reads that are real numbers."""
+    if loss not in RUNS:
+        raise ValueError(f"--loss={loss!r}: expected one of {', '.join(RUNS)}")
+    return tuple(
+        sorted(
+            f"loss.{name}"
+            for name in USED_LOSS_FIELDS[loss] - COMMON_FIELDS
+            if isinstance(getattr(LossConfig(), name), float)
+        )
+    )
+
+
+#: The keys of the default loss, ASL.
+GRID_KEYS = grid_keys()
+
+
+def parse_grid(specs: Sequence[str], loss: str = SWEPT_LOSS) -> dict[str, tuple[float, ...]]:
     """``["loss.gamma_neg=0,2,4", "loss.clip=0,0.05"]`` -> ``{key: values}``, in flag order."""
     from train.cli import did_you_mean
 
+    keys = grid_keys(loss)
     grid: dict[str, tuple[float, ...]] = {}
     for spec in specs:
         key, sep, text = spec.partition("=")
         key = key.strip()
-        if not sep or key not in GRID_KEYS:
-            hint = did_you_mean(key, GRID_KEYS) if sep else "expected KEY=V1,V2,..."
+        if not sep or key not in keys:
+            hint = did_you_mean(key, keys) if sep else "expected KEY=V1,V2,..."
             raise ValueError(
-                f"--grid={spec!r}: {hint or 'unknown key'} (keys: {', '.join(GRID_KEYS)})"
+                f"--grid={spec!r}: {hint or 'unknown key'} (keys of {loss}: {', '.join(keys)})"
             )
         if key in grid:
             raise ValueError(f"--grid: {key} is given twice")
@@ -73,7 +93,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, tuple[float, ...]]:
             raise ValueError(f"--grid={spec!r}: expected distinct numbers, e.g. {key}=0,1,2")
         grid[key] = values
     if not grid:
-        raise ValueError(f"give at least one --grid=KEY=V1,V2,... (keys: {', '.join(GRID_KEYS)})")
+        raise ValueError(f"give at least one --grid=KEY=V1,V2,... (keys: {', '.join(keys)})")
     return grid
 
 
@@ -94,21 +114,25 @@ def sweep(
     workdir: str | os.PathLike[str],
     grid: Mapping[str, Sequence[float]],
     seeds: Sequence[int],
+    *,
+    loss: str = SWEPT_LOSS,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Trains ASL at every grid point once per seed; writes sweep.json, sweep.md and plots/.
+    """Trains ``loss`` at every grid point once per seed; writes sweep.json, sweep.md and plots/.
 
     Args:
       base_config: the shared config; the grid's keys are set per point, ``seed`` per run.
       workdir: where the points and the results go.
       grid: key -> values (see :func:`parse_grid`).
       seeds: the seeds of every point.
+      loss: the run to train (a ``train.compare --losses`` name).
       **kwargs: passed to :func:`train.compare.compare` (``command``, ``train_fn``, ...).
 
     Returns:
-      The content of sweep.json: ``command``, ``grid``, ``seeds``, ``status`` (``completed``,
-      ``failed``, ``interrupted``), ``signal`` and ``points`` (``settings``, ``dir``, ``seeds``
-      completed, ``failed`` seeds, and per metric of :data:`train.compare.SEED_METRICS` the mean,
+      The content of sweep.json: ``command``, ``loss``, ``grid``, ``seeds``, ``status``
+      (``completed``, ``failed``, ``interrupted``), ``signal`` and ``points`` (``settings``,
+      ``dir``, ``seeds`` completed, ``failed`` seeds, and per metric of
+      :data:`train.compare.SEED_METRICS` the mean,
       std, values and n, or None).
     """
     from asl_jax.training.records import write_json
@@ -125,7 +149,7 @@ def sweep(
                 **{key.split(".", 1)[1]: value for key, value in point.items()},
             }
             summary = compare_seeds(
-                config, os.path.join(workdir, entry["dir"]), (SWEPT_LOSS,), seeds, **kwargs
+                config, os.path.join(workdir, entry["dir"]), (loss,), seeds, baseline=loss, **kwargs
             )
             (result,) = summary["losses"]
             entry["seeds"] = result["seeds"]
@@ -140,6 +164,7 @@ def sweep(
         points.append(entry)
     result = {
         "command": kwargs["command"],
+        "loss": loss,
         "grid": {key: list(values) for key, values in grid.items()},
         "seeds": list(seeds),
         "status": status,
@@ -170,7 +195,8 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 def format_markdown(result: Mapping[str, Any]) -> str:
     return (
-        f"# ASL sweep\n\n```\n{result['command']}\n```\n\n{format_table(result)}\n\n"
+        f"# {LABELS[result.get('loss', SWEPT_LOSS)]} sweep\n\n```\n{result['command']}\n```\n\n"
+        f"{format_table(result)}\n\n"
         "Final validation mAP (regular and EMA model), CF1 and OF1 in %: mean ± sample standard "
         "deviation over the seeds whose run completed.\n"
     )
@@ -221,7 +247,7 @@ def main(argv: list[str]) -> int:
     cli.quiet_logging()
     f = flags.FLAGS
     try:
-        grid = parse_grid(f.grid or [])
+        grid = parse_grid(f.grid or [], f.loss)
         seeds = parse_seeds(f.seeds) if f.seeds else (f.config.seed,)
     except ValueError as e:
         return cli.error(str(e), status=cli.USAGE_EXIT)
@@ -229,8 +255,8 @@ def main(argv: list[str]) -> int:
     from train.compare import loss_config
 
     try:
-        loss_config(f.config, SWEPT_LOSS)
-        result = sweep(f.config, f.workdir, grid, seeds)
+        loss_config(f.config, f.loss)
+        result = sweep(f.config, f.workdir, grid, seeds, loss=f.loss)
     except (ConfigError, WorkdirBusyError) as e:
         return cli.error(str(e))
     except ValueError as e:  # the data source cannot be built
@@ -249,8 +275,12 @@ def _define_flags() -> None:
 
     cli.define_config_flag()
     flags.DEFINE_string("workdir", "runs/sweep", "Where the runs and the results go.")
+    flags.DEFINE_string("loss", SWEPT_LOSS, f"The loss to sweep, one of {', '.join(RUNS)}.")
     flags.DEFINE_multi_string(
-        "grid", None, f"KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}; repeat for a product."
+        "grid",
+        None,
+        "KEY=V1,V2,... with KEY a real-valued field the loss reads (for ASL: "
+        f"{', '.join(GRID_KEYS)}); repeat for a product.",
     )
     flags.DEFINE_string(
         "seeds", "", "Comma-separated seeds of every point (default: the config's)."

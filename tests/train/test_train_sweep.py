@@ -98,10 +98,36 @@ def test_grid_keys_are_the_numeric_fields_asl_reads():
     assert sweep.GRID_KEYS == ("loss.clip", "loss.gamma_neg", "loss.gamma_pos")
 
 
+def test_grid_keys_of_other_losses_come_from_the_registry():
+    assert sweep.grid_keys("hill") == ("loss.focal_gamma", "loss.hill_lambda", "loss.margin")
+    assert "loss.adaptive_step_size" in sweep.grid_keys("asl_adaptive")
+    with pytest.raises(ValueError, match=r"keys of hill: loss.focal_gamma"):
+        sweep.parse_grid(["loss.clip=0,0.1"], "hill")
+    with pytest.raises(ValueError, match=r"--loss='nope': expected one of bce"):
+        sweep.grid_keys("nope")
+
+
+def test_a_sweep_of_another_loss_trains_that_loss(comparison, tmp_path):
+    seen = []
+
+    def train_fn(config, run_dir, **kwargs):
+        seen.append((config.loss.name, config.loss.hill_lambda, os.path.relpath(run_dir, tmp_path)))
+        maps = {(config.loss.gamma_neg, config.loss.clip, config.seed): 0.5}
+        return _fake_train(maps)(config, run_dir, **kwargs)
+
+    grid = sweep.parse_grid(["loss.hill_lambda=1,2"], "hill")
+    result = sweep.sweep(comparison.config(), tmp_path, grid, (0,), loss="hill",
+                         command="python -m train.sweep --loss=hill", train_fn=train_fn,
+                         handle_signals=False)  # fmt: skip
+    assert [s[:2] for s in seen] == [("hill", 1.0), ("hill", 2.0)]
+    assert seen[0][2] == os.path.join("hill_lambda=1", "seed_0", "hill")
+    assert result["loss"] == "hill" and open(tmp_path / "sweep.md").read().startswith("# Hill")
+
+
 def test_cli_refuses_a_bad_grid_in_one_line(comparison):
     proc = comparison.cli("train.sweep", "--grid=loss.gama_neg=1,2", *comparison.flags[:1])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "error: --grid='loss.gama_neg=1,2': did you mean loss.gamma_neg? "
-        "(keys: loss.clip, loss.gamma_neg, loss.gamma_pos)"
+        "(keys of asl: loss.clip, loss.gamma_neg, loss.gamma_pos)"
     ]

@@ -239,3 +239,55 @@ def test_schedules():
     assert float(create_schedule("constant", learning_rate=0.3, total_steps=5)(4)) == 0.3
     with pytest.raises(ValueError, match="schedule='step'"):
         create_schedule("step", learning_rate=1.0, total_steps=10)
+
+
+def _partial_batch():
+    labels = np.array([[1.0, 0.0, -1.0], [-1.0, 1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)
+    return {"labels": labels, "mask": np.array([True, True, False])}
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected_where", "reads_raw"),
+    [
+        # unknown labels left out, padding row out
+        ({"name": "asl"}, [[1, 1, 0], [0, 1, 0], [0, 0, 0]], False),
+        # unknown labels counted as negatives
+        ({"name": "asl", "unknown": "negative"}, [[1, 1, 1], [1, 1, 1], [0, 0, 0]], False),
+        # the assume-negative methods always count them, whatever loss.unknown says
+        ({"name": "wan"}, [[1, 1, 1], [1, 1, 1], [0, 0, 0]], False),
+        # the selective loss reads them itself
+        ({"name": "selective"}, [[1, 1, 1], [1, 1, 1], [0, 0, 0]], True),
+    ],
+)
+def test_loss_labels_treat_unknown_labels_as_the_loss_asks(loss, expected_where, reads_raw):
+    from asl_jax.training.loss_registry import LossConfig
+    from asl_jax.training.step import loss_labels
+
+    batch = _partial_batch()
+    got = loss_labels(batch, LossConfig(**loss))
+    np.testing.assert_array_equal(got.loss_where, np.asarray(expected_where, bool))
+    expected_labels = batch["labels"] if reads_raw else np.maximum(batch["labels"], 0)
+    np.testing.assert_array_equal(got.loss_labels, expected_labels)
+    np.testing.assert_array_equal(got.stats_labels, np.maximum(batch["labels"], 0))
+    if reads_raw:  # the statistics never count a label the loss decides about itself
+        np.testing.assert_array_equal(got.stats_where, [[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(got.rows[:, 0], batch["mask"])
+
+
+def test_selective_loss_carries_the_same_class_prior_on_one_and_eight_devices(problem):
+    import dataclasses
+
+    from asl_jax.data.annotation import annotate
+
+    config, source, batches = problem
+    loss = dataclasses.replace(config.loss, name="selective", adaptive=False, prior_decay=0.5)
+    config = dataclasses.replace(config, loss=loss)
+    single = [{**b, "labels": annotate(b["labels"], "single_positive", seed=i)}
+              for i, b in enumerate(batches)]  # fmt: skip
+    (*_, one, metrics_one), (*_, eight, metrics_eight) = (
+        _run(config, source, single, devices) for devices in (jax.devices()[:1], jax.devices())
+    )
+    prior = np.asarray(one.class_prior)
+    assert prior.shape == (source.num_classes,) and np.all(prior > 0)
+    np.testing.assert_allclose(np.asarray(eight.class_prior), prior, rtol=1e-5)
+    np.testing.assert_allclose(metrics_eight["loss"], metrics_one["loss"], rtol=1e-4)
