@@ -74,7 +74,8 @@ def element_weights(loss: LossConfig, labels: jax.Array) -> jax.Array | None:
             )
         weights = jnp.asarray(per_class, jnp.float32)
     if loss.pos_weight != 1.0:
-        positive = 1.0 + (loss.pos_weight - 1.0) * labels
+        # An unknown label (-1, read by the selective loss) weighs as a negative.
+        positive = 1.0 + (loss.pos_weight - 1.0) * jnp.maximum(labels, 0.0)
         weights = positive if weights is None else weights * positive
     return weights
 

@@ -173,3 +173,13 @@ def test_losses_for_missing_labels_train_in_the_step(name, tmp_path):
         state, metrics = programs.train(state, shard_batch(next(source.batches(request)), mesh))
         losses.append(float(metrics["loss"]))
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_positive_weight_leaves_unknown_labels_of_the_selective_loss_as_negatives():
+    logits = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)
+    labels = jnp.asarray([[1.0, -1.0, 0.0], [-1.0, 1.0, -1.0]])
+    prior = jnp.zeros(3)
+    plain = elementwise_loss(logits, labels, LossConfig(name="selective"), 4.0, class_prior=prior)
+    weighted = LossConfig(name="selective", pos_weight=2.5)
+    got = elementwise_loss(logits, labels, weighted, 4.0, class_prior=prior)
+    np.testing.assert_allclose(got, plain * np.where(labels > 0, 2.5, 1.0), rtol=1e-6)
