@@ -101,18 +101,20 @@ def _pad(operand: jax.Array, padding_value: jax.Array, *, padding_config: Any) -
         size = out.shape[axis]
         out = lax.slice_in_dim(out, max(-low, 0), size - max(-high, 0), axis=axis)
 
-        def constant(amount: int, out: jax.Array = out, axis: int = axis) -> jax.Array:
-            shape = list(out.shape)
-            shape[axis] = amount
-            return jnp.broadcast_to(padding_value.astype(out.dtype), shape)
-
-        parts = [constant(low)] if low > 0 else []
+        parts = [_filled(padding_value, out, axis, low)] if low > 0 else []
         parts.append(out)
         if high > 0:
-            parts.append(constant(high))
+            parts.append(_filled(padding_value, out, axis, high))
         if len(parts) > 1:
             out = lax.concatenate(parts, axis)
     return out
+
+
+def _filled(value: Any, like: jax.Array, axis: int, size: int) -> jax.Array:
+    """``like``'s shape with ``size`` along ``axis``, filled with ``value``."""
+    shape = list(like.shape)
+    shape[axis] = size
+    return jnp.broadcast_to(jnp.asarray(value, like.dtype), shape)
 
 
 _REPLACED: dict[str, Callable[..., jax.Array]] = {
