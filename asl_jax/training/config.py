@@ -197,7 +197,7 @@ class EvalConfig(ConfigBlock):
 class Config(EvalConfig, OptimizerConfig, RunConfig):
     """The whole training config (``train/configs/*.py`` start from its defaults).
 
-    Example:
+    Examples:
       >>> config = Config(num_steps=100, loss=LossConfig(gamma_neg=2))
       >>> config.loss.gamma_neg, config.evaluation_batch_size
       (2.0, 64)
@@ -233,7 +233,7 @@ def validate_config(
       ConfigError: (a ValueError) unknown field, wrong type or value out of range, with the
         field's dotted name.
 
-    Example:
+    Examples:
       >>> validate_config({"loss": {"name": "nope"}})
       Traceback (most recent call last):
       ...
@@ -280,7 +280,7 @@ def eval_interval(eval_every: int, total_steps: int) -> int:
     evaluations (every step in a shorter run), so that the mAP plot is a curve in short runs
     too. The loop always evaluates after the last step as well.
 
-    Example:
+    Examples:
       >>> eval_interval(-1, 1024), eval_interval(-1, 5), eval_interval(100, 1024)
       (128, 1, 100)
     """
@@ -300,7 +300,7 @@ def fit_batch_size(batch_size: int, num_examples: int, *, multiple: int = 1) -> 
     Raises:
       ConfigError: the split has fewer examples than ``multiple``: no batch size fits.
 
-    Example:
+    Examples:
       >>> fit_batch_size(64, 1000), fit_batch_size(64, 48), fit_batch_size(64, 50, multiple=8)
       (64, 48, 48)
     """
