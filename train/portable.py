@@ -205,9 +205,10 @@ def to_onnx(
     """
     require_onnx()
     # jax2onnx logs a warning for each of its plugins that does not import with this JAX (none
-    # of them is one our models need) and prints debugging lines of its Flax plugins: neither
-    # says anything about this conversion.
-    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    # of them is one our models need), onnx_ir one for each shape constant it leaves untyped,
+    # and the Flax plugins print debugging lines: none says anything about this conversion.
+    for logger in ("jax2onnx", "onnx_ir"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
     import jax2onnx
 
     spec = image_spec(image_size)
