@@ -8,8 +8,9 @@
 (``augment``). Each field is declared once, with its default, its check, a one-line description
 and its :class:`~asl_jax.config_fields.Effect`; derived from those declarations:
 
-- ``train/configs/default.py`` (:func:`default_config_dict`), the README's config table
-  (:func:`config_table`, ``python -m asl_jax.training.config`` prints it);
+- ``train/configs/default.py`` (:func:`default_config_dict`), the table of the documentation's
+  config reference, ``docs/guides/config.md`` (:func:`config_table`,
+  ``python -m asl_jax.training.config`` prints it);
 - the key of the compiled-program cache (:func:`program_key`: the ``PROGRAM`` fields);
 - the fields whose change makes a workdir refuse to resume (:func:`changed_result_fields`);
 - what a field meant for a run whose ``config.json`` predates it (``stored=True`` of
@@ -340,7 +341,8 @@ def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
 
 
 def config_table() -> str:
-    """The README's table of every field: name, default, what a change does, meaning."""
+    """The table of every field of the documentation's config reference
+    (``docs/guides/config.md``): name, default, what a change does, meaning."""
     changes = {PROGRAM: "program", RESULT: "result", NONE: "—"}
     lines = ["| field | default | changes | meaning |", "|---|---|---|---|"]
     for row in describe_fields(Config):
