@@ -196,10 +196,14 @@ def test_every_model_of_the_registry_converts_to_onnx(name, head, tmp_path):
     width = 24 if name == "vit_b16" else 8
     model = create_model(name, num_classes=7, width=width, head=head)
     variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
-    # Random batch-norm statistics: the identity ones would hide a wrong normalisation.
-    variables = jax.tree.map(
-        lambda v: v + 0.1 * jax.random.uniform(jax.random.key(1), v.shape), variables
-    )
+    # Random batch-norm statistics (means around 0, variances around 1): the initial ones
+    # (0 and 1) would hide a wrong normalisation.
+    if "batch_stats" in variables:
+        stats = jax.tree.map(
+            lambda v: v + 0.2 * jax.random.uniform(jax.random.key(1), v.shape),
+            variables["batch_stats"],
+        )
+        variables = {**variables, "batch_stats": stats}
     function = portable.inference_function(model, variables)
     path = tmp_path / "m.onnx"
     path.write_bytes(portable.to_onnx(function, size, {"name": name}))
