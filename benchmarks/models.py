@@ -631,13 +631,17 @@ def render_heads_markdown(results: Sequence[HeadResult], info: dict, command: st
             "Adam), medians of interleaved rounds; memory: XLA's arguments + outputs + "
             "temporaries of the compiled training step.",
             "",
-            _machine.machine_markdown(info),
-            "- Load average when the run ended: "
-            + " / ".join(f"{x:.2f}" for x in info["load_average_after"]),
+            machine_and_load(info),
             "",
             heads_table(results),
         ]
     )
+
+
+def machine_and_load(info: dict) -> str:
+    """The machine's description and the load average at the start and the end of the run."""
+    after = " / ".join(f"{x:.2f}" for x in info["load_average_after"])
+    return f"{_machine.machine_markdown(info)}\n- Load average when the run ended: {after}"
 
 
 def heads_main(argv: Sequence[str]) -> list[HeadResult]:
@@ -666,13 +670,7 @@ def heads_main(argv: Sequence[str]) -> list[HeadResult]:
     info["load_average_after"] = list(os.getloadavg())
     markdown = render_heads_markdown(results, info, command)
     print(markdown)
-    output = _timing.document_path(args)
-    if output:
-        _timing.update_section(output, HEADS_SECTION, markdown)
-        print(f"Wrote the '{HEADS_SECTION}' section of {os.path.abspath(output)}")
-    if args.json:
-        path = _machine.write_results_json(args.json, HEADS_SECTION, command, info, results)
-        print(f"Wrote {os.path.abspath(path)}")
+    _timing.publish(args, HEADS_SECTION, markdown, command=command, info=info, results=results)
     return results
 
 
@@ -811,9 +809,7 @@ def render_inference_markdown(results: Sequence[InferenceResult], info: dict, co
             "interleaved rounds after one untimed call. **The machine was shared with other "
             "jobs**: compare the frameworks within a row.",
             "",
-            _machine.machine_markdown(info),
-            "- Load average when the run ended: "
-            + " / ".join(f"{x:.2f}" for x in info["load_average_after"]),
+            machine_and_load(info),
             "",
             inference_table(results),
         ]
@@ -853,13 +849,7 @@ def inference_main(argv: Sequence[str]) -> list[InferenceResult]:
     info["load_average_after"] = list(os.getloadavg())
     markdown = render_inference_markdown(results, info, command)
     print(markdown)
-    output = _timing.document_path(args)
-    if output:
-        _timing.update_section(output, INFERENCE_SECTION, markdown)
-        print(f"Wrote the '{INFERENCE_SECTION}' section of {os.path.abspath(output)}")
-    if args.json:
-        path = _machine.write_results_json(args.json, INFERENCE_SECTION, command, info, results)
-        print(f"Wrote {os.path.abspath(path)}")
+    _timing.publish(args, INFERENCE_SECTION, markdown, command=command, info=info, results=results)
     return results
 
 

@@ -300,15 +300,8 @@ def main(argv: list[str]) -> int:
         return cli.error(f"unexpected argument(s): {' '.join(argv[1:])}", status=2)
     f = flags.FLAGS
     try:
-        info = export_workdir(
-            f.workdir,
-            f.output,
-            ema=f.ema,
-            step=f.step,
-            best=f.best,
-            export_format=f.format,
-            thresholds=f.thresholds,
-        )
+        choice = {name: getattr(f, name) for name in ("ema", "step", "best", "thresholds")}
+        info = export_workdir(f.workdir, f.output, export_format=f.format, **choice)
     except (RunError, ValueError, ImportError) as e:
         return cli.error(str(e))
     print(format_export(info), flush=True)
