@@ -53,7 +53,8 @@ def _extension(output: str, export_format: str = "torch") -> str:
         raise RunError(f"--format={export_format}: expected one of {', '.join(FORMATS)}")
     ext = os.path.splitext(output)[1].lower()
     if ext not in FORMATS[export_format]:
-        expected = ", ".join(FORMATS[export_format])
+        *others, last = FORMATS[export_format]
+        expected = f"{', '.join(others)} or {last}" if others else last
         other = [name for name, exts in FORMATS.items() if ext in exts]
         hint = f" (for that extension give --format={other[0]})" if other else ""
         raise RunError(
