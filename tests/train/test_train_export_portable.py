@@ -215,3 +215,26 @@ def test_every_model_of_the_registry_converts_to_onnx(name, head, tmp_path):
         rtol=0,
         atol=TOLERANCE,
     )
+
+
+def test_metadata_stores_the_tuned_thresholds_in_class_order(tmp_path):
+    import types
+
+    from train.export import portable_metadata
+
+    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {"b": 0.7, "a": 0.3}}))
+    run = types.SimpleNamespace(
+        workdir=str(tmp_path),
+        class_names=("a", "b"),
+        step=4,
+        config=types.SimpleNamespace(
+            threshold=0.5,
+            model=types.SimpleNamespace(name="cnn", normalization="centered"),
+            data=types.SimpleNamespace(image_size=16),
+        ),
+    )
+    tuned = portable_metadata(run, ema=True, thresholds="tuned")
+    assert json.loads(tuned["thresholds"]) == [0.3, 0.7] and tuned["thresholds_source"] == "tuned"
+    assert json.loads(tuned["classes"]) == ["a", "b"] and tuned["model"] == "ema"
+    plain = portable_metadata(run, ema=False, thresholds="global")
+    assert json.loads(plain["thresholds"]) == [0.5, 0.5] and plain["thresholds_source"] == "global"
