@@ -20,6 +20,12 @@ OPTIONAL = {
     "timm": {"timm", "torch"},
     "tensorflow": {"tensorflow"},
     "tensorflow_datasets": {"tensorflow_datasets", "tensorflow"},
+    # The export extra (jax2onnx installs onnx and onnxruntime) and the docs extra.
+    "jax2onnx": {"jax2onnx", "onnx", "onnxruntime"},
+    "onnxruntime": {"onnxruntime"},
+    "onnx": {"onnx"},
+    "mkdocs": {"mkdocs"},
+    "mkdocstrings": {"mkdocstrings"},
 }
 
 
