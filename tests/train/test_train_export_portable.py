@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from jax import lax
 
+from asl_jax.data.folder import load_image
 from tests.train.conftest import REPO, env
 from train import portable
 from train.export import export_workdir
-from train.predict import predict_files
+from train.predict import predict_files, select_labels
 from train.reopen import RunError, open_run
 
 TOLERANCE = 1e-4  # absolute, on probabilities
@@ -53,7 +54,8 @@ def test_onnx_export_predicts_the_labels_and_probabilities_of_jax(comparison, im
     # The batch dimension is free: 5 random images, not a batch size the run ever used.
     batch = np.random.default_rng(0).random((5, 16, 16, 3), np.float32)
     got = portable.onnx_probabilities(session, batch)
-    expected = _jax_probabilities(open_run(comparison.run), batch)
+    run = open_run(comparison.run)
+    expected = _jax_probabilities(run, batch)
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
 
     # The same command, with the ONNX file as the model: the labels of the JAX model.
@@ -61,16 +63,16 @@ def test_onnx_export_predicts_the_labels_and_probabilities_of_jax(comparison, im
         "train.predict", f"--model={output}", "--json", "--threshold=0", "--top_k=3", str(images)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    by_onnx = json.loads(proc.stdout)
-    by_jax = predict_files(comparison.run, [str(images)], threshold=0.0, top_k=3)
-    assert by_onnx["step"] == by_jax["step"] == 8 and by_onnx["model"] == "regular"
-    for onnx_pred, jax_pred in zip(by_onnx["predictions"], by_jax["predictions"], strict=True):
-        assert [x["label"] for x in onnx_pred["labels"]] == [x["label"] for x in jax_pred["labels"]]
+    result = json.loads(proc.stdout)
+    assert result["step"] == 8 and result["model"] == "regular" and result["top_k"] == 3
+    paths = sorted(str(p) for p in images.glob("*.png"))
+    assert [p["image"] for p in result["predictions"]] == paths
+    loaded = np.stack([load_image(path, 16) for path in paths]).astype(np.float32) / 255
+    for pred, probs in zip(result["predictions"], _jax_probabilities(run, loaded), strict=True):
+        expected = select_labels(probs, classes, threshold=0.0, top_k=3)
+        assert [x["label"] for x in pred["labels"]] == [x["label"] for x in expected]
         np.testing.assert_allclose(
-            list(onnx_pred["probabilities"].values()),
-            list(jax_pred["probabilities"].values()),
-            rtol=0,
-            atol=TOLERANCE,
+            list(pred["probabilities"].values()), probs, rtol=0, atol=TOLERANCE
         )
 
 
