@@ -406,6 +406,12 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "model", None, "Instead of --workdir: a .onnx file of python -m train.export --format=onnx."
     )
+    flags.register_multi_flags_validator(
+        ["workdir", "model"],
+        lambda values: (values["workdir"] is None) != (values["model"] is None),
+        message="--workdir is required: the workdir of a training run, or instead of it "
+        "--model=FILE.onnx (python -m train.export --format=onnx); not both",
+    )
     flags.DEFINE_float("threshold", None, "Minimum probability of a label (default: config).")
     flags.DEFINE_enum(
         "thresholds",
