@@ -156,8 +156,16 @@ def _evaluate(closed: Any, *args: Any) -> list[Any]:
 def portable(
     function: Callable[[jax.Array], jax.Array], spec: jax.ShapeDtypeStruct
 ) -> Callable[[jax.Array], jax.Array]:
-    """``function`` traced at ``spec`` and re-expressed in primitives that ``jax2onnx``
-    converts and ONNX Runtime runs; it computes the same values (up to float rounding)."""
+    """``function`` re-expressed in primitives that ``jax2onnx`` converts and ONNX Runtime runs.
+
+    Args:
+      function: a JAX function of one array.
+      spec: the shape and dtype it is traced at (the batch dimension may be symbolic).
+
+    Returns:
+      A function of an array of ``spec``'s shape that computes what ``function`` computes:
+      max pooling gives the same values exactly, padding too.
+    """
     closed = jax.make_jaxpr(function)(spec)
 
     def rewritten(images: jax.Array) -> jax.Array:
@@ -170,7 +178,13 @@ def portable(
 def to_stablehlo(function: Callable[[jax.Array], jax.Array], image_size: int) -> bytes:
     """``jax.export`` serialisation of ``function`` on CPU, for any batch size.
 
-    Reload it with ``jax.export.deserialize(data).call(images)``.
+    Args:
+      function: ``images -> probabilities`` (:func:`inference_function`).
+      image_size: the side of the square images it takes.
+
+    Returns:
+      The serialised ``jax.export.Exported``; reload it with
+      ``jax.export.deserialize(data).call(images)``.
     """
     exported = jax.export.export(jax.jit(function), platforms=("cpu",))(image_spec(image_size))
     return bytes(exported.serialize())
