@@ -25,6 +25,10 @@ step and the images/s it implies on an accelerator at an assumed utilisation.
 
     python -m benchmarks.models                         # 224 px, batch 32: stdout, JSON
     python -m benchmarks.models --batch 8 --rounds 3 --update-doc  # also BENCHMARKS.md
+
+Two more comparisons live here: ``--heads`` (the linear classifier head against ML-Decoder, JAX
+only) and ``--inference`` (images/s of the exported inference function in JAX and ONNX Runtime
+against the PyTorch model in eager mode, at batch 1 and 32); see the end of this module.
 """
 
 from __future__ import annotations
