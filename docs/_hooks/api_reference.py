@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pathlib
 
-from mkdocs.structure.files import File
-from mkdocs.structure.nav import Section
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.nav import Navigation, Section
 from mkdocs.structure.pages import Page
 
 PACKAGE = "asl_jax"
@@ -34,7 +35,8 @@ def _page(name: str) -> str:
     return f"api/{name}.md"
 
 
-def on_files(files, config):
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """MkDocs event: adds the generated pages (``api/index.md`` and one per module)."""
     names = modules()
     index = ["# API reference", "", "Generated from the docstrings of every module:", ""]
     index += [f"- [`{name}`]({name}.md)" for name in names]
@@ -44,11 +46,13 @@ def on_files(files, config):
     return files
 
 
-def on_nav(nav, config, files):
+def on_nav(nav: Navigation, config: MkDocsConfig, files: Files) -> Navigation:
+    """MkDocs event: the nav entry of ``api/index.md`` becomes a section with every module."""
     for item in nav.items:
         if isinstance(item, Page) and item.file.src_uri == "api/index.md":
-            pages = [item] + [Page(name, files.get_file_from_path(_page(name)), config)
-                              for name in modules()]
+            pages = [item] + [
+                Page(name, files.get_file_from_path(_page(name)), config) for name in modules()
+            ]
             section = Section("API reference", pages)
             nav.items[nav.items.index(item)] = section
             nav.pages.extend(pages[1:])
