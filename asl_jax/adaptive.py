@@ -90,7 +90,7 @@ def probability_stats(
       A `ProbabilityStats`. Means over an empty set are NaN; `update_gamma_neg` treats a NaN Δp as
       "no information" and keeps γ− unchanged.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import probability_stats
       >>> stats = probability_stats(jnp.array([[0.0, -2.0]]), jnp.array([[1.0, 0.0]]))
@@ -179,7 +179,7 @@ def update_gamma_neg(
     Returns:
       The new γ− as a float32 scalar array.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import update_gamma_neg
       >>> print(update_gamma_neg(jnp.float32(2.0), 0.6, step_size=0.1))

@@ -119,7 +119,7 @@ def option(
 
     Args:
       default: the default value (the value of ``train/configs/default.py``).
-      doc: a one-line description (the README's config table).
+      doc: a one-line description (the config reference of the documentation).
       effect: what a change of the field does (:class:`Effect`).
       check: the values allowed beyond the field's declared type.
       absent: the value the field had in a run whose stored config predates the field, from

@@ -366,7 +366,7 @@ def asymmetric_loss(
       The element-wise loss, same shape as ``logits``; reduce it with `reduce_loss` (the official
       code sums it over the batch).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import asymmetric_loss
       >>> logits = jnp.array([[2.0, -1.0, 0.5]])
@@ -450,7 +450,7 @@ def asymmetric_loss_single_label(
     Returns:
       The loss per example, shape ``logits.shape[:-1]``, float32 or wider.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import asymmetric_loss_single_label
       >>> logits = jnp.array([[2.0, 0.0, -1.0]])
@@ -529,7 +529,7 @@ def reduce_loss(
     Returns:
       A scalar.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import reduce_loss
       >>> loss = jnp.array([[1.0, 2.0], [3.0, 4.0]])
@@ -583,7 +583,7 @@ def known_labels_mask(labels: ArrayLike) -> np.ndarray | jax.Array:
     Returns:
       A boolean array of the labels' shape: True where the label is known (not negative).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from asl_jax import known_labels_mask
       >>> known_labels_mask(np.array([1.0, 0.0, -1.0, 0.7]))
@@ -607,7 +607,7 @@ def partial_labels(labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
     Returns:
       ``(targets, mask)``: targets in {0, 1} with the labels' dtype, boolean mask of known entries.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import partial_labels
       >>> targets, mask = partial_labels(jnp.array([1, 0, -1]))

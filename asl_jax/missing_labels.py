@@ -116,7 +116,7 @@ def focal_margin_loss(
     Returns:
       The element-wise loss (float32, float64 for float64 logits), same shape as ``logits``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import focal_margin_loss
       >>> print(focal_margin_loss(jnp.array([[2.5, 0.0]]), jnp.array([[1.0, 0.0]])).round(4))
@@ -162,7 +162,7 @@ def hill_loss(
     Returns:
       The element-wise loss, same shape as ``logits``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import hill_loss
       >>> print(hill_loss(jnp.array([[2.5, 0.0]]), jnp.array([[1.0, 0.0]])).round(4))
@@ -211,7 +211,7 @@ def splc_labels(
     Returns:
       The corrected labels, in the compute dtype.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from asl_jax import splc_labels
       >>> print(splc_labels(jnp.array([[2.0, 0.0, 3.0]]), jnp.array([[0.0, 0.0, 1.0]])))

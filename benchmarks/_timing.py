@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Timing",
@@ -188,3 +189,25 @@ def update_section(path: str | os.PathLike, name: str, body: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def publish(
+    args: argparse.Namespace,
+    section: str,
+    markdown: str,
+    *,
+    command: str,
+    info: dict,
+    results: Any,
+) -> None:
+    """Writes a benchmark's outputs as its flags ask: its Markdown section (``--update-doc`` /
+    ``--output``, see :func:`document_path`) and its JSON results (``--json``; '' skips)."""
+    from benchmarks import _machine
+
+    output = document_path(args)
+    if output:
+        update_section(output, section, markdown)
+        print(f"Wrote the '{section}' section of {os.path.abspath(output)}")
+    if args.json:
+        path = _machine.write_results_json(args.json, section, command, info, results)
+        print(f"Wrote {os.path.abspath(path)}")

@@ -25,6 +25,10 @@ step and the images/s it implies on an accelerator at an assumed utilisation.
 
     python -m benchmarks.models                         # 224 px, batch 32: stdout, JSON
     python -m benchmarks.models --batch 8 --rounds 3 --update-doc  # also BENCHMARKS.md
+
+Two more comparisons live here: ``--heads`` (the linear classifier head against ML-Decoder, JAX
+only) and ``--inference`` (images/s of the exported inference function in JAX and ONNX Runtime
+against the PyTorch model in eager mode, at batch 1 and 32); see the end of this module.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from asl_jax.compile_options import FAST_COMPILE
+from asl_jax.models import efficientnet
 from benchmarks import _machine, _timing
 from benchmarks._train_common import _flops, _ms, _rate
 from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION
@@ -64,6 +69,8 @@ TORCH_NAMES = {
     "tresnet_m": "tresnet_m",
     "tresnet_l": "tresnet_l",
     "vit_b16": "vit_base_patch16_224",
+    # timm's EfficientNets: the same names, the Lite ones with TensorFlow's padding.
+    **{name: f"tf_{name}" if "lite" in name else name for name in efficientnet.VARIANTS},
 }
 JAX, EAGER, COMPILED = "JAX (jit)", "PyTorch eager", "PyTorch torch.compile"
 EVAL, TRAIN = "eval forward", "training step"
@@ -628,13 +635,17 @@ def render_heads_markdown(results: Sequence[HeadResult], info: dict, command: st
             "Adam), medians of interleaved rounds; memory: XLA's arguments + outputs + "
             "temporaries of the compiled training step.",
             "",
-            _machine.machine_markdown(info),
-            "- Load average when the run ended: "
-            + " / ".join(f"{x:.2f}" for x in info["load_average_after"]),
+            machine_and_load(info),
             "",
             heads_table(results),
         ]
     )
+
+
+def machine_and_load(info: dict) -> str:
+    """The machine's description and the load average at the start and the end of the run."""
+    after = " / ".join(f"{x:.2f}" for x in info["load_average_after"])
+    return f"{_machine.machine_markdown(info)}\n- Load average when the run ended: {after}"
 
 
 def heads_main(argv: Sequence[str]) -> list[HeadResult]:
@@ -663,18 +674,193 @@ def heads_main(argv: Sequence[str]) -> list[HeadResult]:
     info["load_average_after"] = list(os.getloadavg())
     markdown = render_heads_markdown(results, info, command)
     print(markdown)
-    output = _timing.document_path(args)
-    if output:
-        _timing.update_section(output, HEADS_SECTION, markdown)
-        print(f"Wrote the '{HEADS_SECTION}' section of {os.path.abspath(output)}")
-    if args.json:
-        path = _machine.write_results_json(args.json, HEADS_SECTION, command, info, results)
-        print(f"Wrote {os.path.abspath(path)}")
+    _timing.publish(args, HEADS_SECTION, markdown, command=command, info=info, results=results)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference throughput: JAX jit, ONNX Runtime and PyTorch eager on the same weights
+#
+#     python -m benchmarks.models --inference                 # ResNet-50, EfficientNet-B0
+#     python -m benchmarks.models --inference --update-doc    # also BENCHMARKS.md
+
+INFERENCE_SECTION = "models_inference"
+INFERENCE_JSON = "benchmarks/results/models_inference.json"
+INFERENCE_MODELS = ("resnet50", "efficientnet_b0")
+INFERENCE_BATCHES = (1, 32)
+ONNX = "ONNX Runtime"
+INFERENCE_FRAMEWORKS = (JAX, ONNX, EAGER)
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    """One model × batch size: the seconds per batch of each framework, and how far its
+    probabilities are from JAX's."""
+
+    model: str
+    image_size: int
+    batch_size: int
+    timings: dict[str, _timing.Timing]  # framework -> timing
+    prob_abs_diff: dict[str, float]  # framework -> max |Δ probability| vs JAX
+
+
+def inference_calls(
+    torch: Any, name: str, size: int, batches: Sequence[int], seed: int
+) -> tuple[dict[tuple[int, str], Callable[[], object]], dict[tuple[int, str], np.ndarray]]:
+    """Per (batch size, framework): a call computing the probabilities of one batch, and those
+    probabilities. The exported function of ``train.export`` (``train.portable``), jitted in
+    JAX and converted for ONNX Runtime; the torchvision / timm model in eager mode, with a
+    sigmoid. No input normalisation in any of them (the weights are random)."""
+    import onnxruntime
+
+    from asl_jax.models import create_model
+    from asl_jax.models.pretrained import from_torch
+    from train import portable
+
+    source = torch_model(torch, name, NUM_CLASSES).eval()
+    variables = from_torch(name, source.state_dict(), num_classes=NUM_CLASSES, image_size=size)
+    model = create_model(name, num_classes=NUM_CLASSES, dtype=jnp.float32, normalization="none")
+    function = portable.inference_function(model, variables)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = _machine.usable_cores()
+    session = onnxruntime.InferenceSession(
+        portable.to_onnx(function, size, {}), options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(seed)
+    calls, probs = {}, {}
+    for batch in batches:
+        images = rng.uniform(size=(batch, size, size, 3)).astype(np.float32)
+        x_jax, x_torch = jnp.asarray(images), torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+        compiled = jax.jit(function).lower(x_jax).compile()
+
+        def torch_call(x: Any = x_torch) -> np.ndarray:
+            with torch.no_grad():
+                return torch.sigmoid(source(x)).numpy()
+
+        per_framework = {
+            JAX: lambda c=compiled, x=x_jax: np.asarray(jax.block_until_ready(c(x))),
+            ONNX: lambda x=images: portable.onnx_probabilities(session, x),
+            EAGER: torch_call,
+        }
+        for framework, call in per_framework.items():
+            calls[(batch, framework)] = call
+            probs[(batch, framework)] = call()
+    return calls, probs
+
+
+def run_inference(args: argparse.Namespace, torch: Any) -> list[InferenceResult]:
+    """Every model × batch size × framework, timed in interleaved rounds per model."""
+    results = []
+    for name in args.models:
+        print(f"\n{name}: {args.image_size} px, batches {', '.join(map(str, args.batches))}")
+        calls, probs = inference_calls(torch, name, args.image_size, args.batches, args.seed)
+        labels = {f"{batch}/{framework}": (batch, framework) for batch, framework in calls}
+        timings = _timing.interleaved_timings(
+            {label: calls[key] for label, key in labels.items()},
+            rounds=args.rounds,
+            warmup=1,
+            min_sample_seconds=0.0,
+            seed=args.seed,
+        )
+        for batch in args.batches:
+            reference = probs[(batch, JAX)]
+            results.append(
+                InferenceResult(
+                    model=name,
+                    image_size=args.image_size,
+                    batch_size=batch,
+                    timings={f: timings[f"{batch}/{f}"] for f in INFERENCE_FRAMEWORKS},
+                    prob_abs_diff={
+                        f: float(np.abs(probs[(batch, f)] - reference).max())
+                        for f in INFERENCE_FRAMEWORKS
+                        if f != JAX
+                    },
+                )
+            )
+    return results
+
+
+def inference_table(results: Sequence[InferenceResult]) -> str:
+    """Markdown: images/s of each framework (median over the rounds), one row per model and
+    batch size, and the largest probability difference to JAX."""
+    header = " | ".join(f"{f} (images/s)" for f in INFERENCE_FRAMEWORKS)
+    lines = [
+        f"| model | batch | {header} | max abs. Δ probability vs JAX |",
+        "|---|---|" + "---|" * len(INFERENCE_FRAMEWORKS) + "---|",
+    ]
+    for r in results:
+        rates = " | ".join(
+            f"{r.batch_size / r.timings[f].median:.1f}" for f in INFERENCE_FRAMEWORKS
+        )
+        diffs = ", ".join(f"{f} {d:.0e}" for f, d in r.prob_abs_diff.items())
+        lines.append(f"| {r.model} | {r.batch_size} | {rates} | {diffs} |")
+    return "\n".join(lines)
+
+
+def render_inference_markdown(results: Sequence[InferenceResult], info: dict, command: str) -> str:
+    return "\n".join(
+        [
+            "## Inference: JAX, ONNX Runtime and PyTorch",
+            "",
+            f"`{command}`: the probabilities (sigmoid of {NUM_CLASSES} logits) of one batch of "
+            f"{results[0].image_size} px float32 images, on the CPU, with the same random "
+            "weights in the three: a torchvision / timm model in PyTorch eager mode (no "
+            "gradient), converted with `from_torch` to the inference function that "
+            "`python -m train.export` writes, jitted in JAX and exported to ONNX for ONNX "
+            "Runtime (as many threads as usable cores). Each framework takes its own layout "
+            "(NHWC for JAX and ONNX, NCHW for PyTorch), made before timing. Images/s = batch "
+            "size / median seconds per batch, all candidates of a model timed in the same "
+            "interleaved rounds after one untimed call. **The machine was shared with other "
+            "jobs**: compare the frameworks within a row.",
+            "",
+            machine_and_load(info),
+            "",
+            inference_table(results),
+        ]
+    )
+
+
+def inference_main(argv: Sequence[str]) -> list[InferenceResult]:
+    """``--inference``: the inference throughput (prints it; ``--update-doc`` / ``--output`` /
+    ``--json`` as the framework comparison)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.models --inference",
+        description="Inference images/s: JAX jit, ONNX Runtime and PyTorch eager.",
+    )
+    parser.add_argument("--inference", action="store_true", required=True)
+    parser.add_argument("--models", nargs="+", default=list(INFERENCE_MODELS))
+    parser.add_argument("--batches", nargs="+", type=int, default=list(INFERENCE_BATCHES))
+    parser.add_argument("--image-size", type=int, default=224, help="image side (224)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    _timing.add_document_flags(parser, INFERENCE_SECTION)
+    parser.add_argument("--json", default=INFERENCE_JSON, help="JSON file ('' to skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.models if n not in TORCH_NAMES]
+    if unknown:
+        parser.error(f"--models {' '.join(unknown)}: expected some of {', '.join(TORCH_NAMES)}")
+    if not torch_available():
+        raise SystemExit("--inference needs torch: pip install 'asl-jax[bench]'")
+    from train.portable import require_onnx
+
+    try:
+        require_onnx()
+    except ImportError as e:
+        raise SystemExit(f"--inference: {e}") from None
+    info = _machine.machine_info(("numpy", "torch", "torchvision", "timm", "onnxruntime"))
+    command = ("python -m benchmarks.models " + " ".join(argv)).strip()
+    results = run_inference(args, _import_torch(_machine.usable_cores()))
+    info["load_average_after"] = list(os.getloadavg())
+    markdown = render_inference_markdown(results, info, command)
+    print(markdown)
+    _timing.publish(args, INFERENCE_SECTION, markdown, command=command, info=info, results=results)
     return results
 
 
 if __name__ == "__main__":
     if "--heads" in sys.argv[1:]:
         heads_main(sys.argv[1:])
+    elif "--inference" in sys.argv[1:]:
+        inference_main(sys.argv[1:])
     else:
         main()

@@ -1,4 +1,5 @@
-"""The suite passes without the optional extras (README: torch, timm, torchvision, TensorFlow).
+"""The suite passes without the optional extras (the quick start guide: torch, timm,
+torchvision, TensorFlow, jax2onnx, onnxruntime, MkDocs).
 
 Every test module is read as source (nothing is imported): a test that needs an optional package
 must skip without it, i.e. call ``pytest.importorskip`` for it before importing it bare, itself or
@@ -19,6 +20,12 @@ OPTIONAL = {
     "timm": {"timm", "torch"},
     "tensorflow": {"tensorflow"},
     "tensorflow_datasets": {"tensorflow_datasets", "tensorflow"},
+    # The export extra (jax2onnx installs onnx and onnxruntime) and the docs extra.
+    "jax2onnx": {"jax2onnx", "onnx", "onnxruntime"},
+    "onnxruntime": {"onnxruntime"},
+    "onnx": {"onnx"},
+    "mkdocs": {"mkdocs"},
+    "mkdocstrings": {"mkdocstrings"},
 }
 
 

@@ -93,7 +93,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.UnrecognizedFlagError as e:
         _usage_exit(unknown_flag_message(e.flagname))
     except flags.Error as e:
-        _usage_exit(_missing_flag_message(str(e)) or str(e))
+        _usage_exit(_missing_flag_message(str(e)) or _validator_message(str(e)))
+
+
+def _validator_message(message: str) -> str:
+    """A multi-flag validator's own message, without the flag values absl puts before it
+    (``flags workdir=None, model=None: ...``)."""
+    return re.sub(r"^flags (\w+=.*?, )*\w+=.*?: ", "", message, count=1)
 
 
 #: What a required flag is, for the line that says it is missing.

@@ -17,6 +17,12 @@ that step's). Class names: the run's ``classes.txt``.
 ``predictions`` (per image: ``image``, ``labels`` = ``[{"label", "probability"}]`` as selected,
 ``probabilities`` = every class's probability) and ``errors`` (``[{"image", "error"}]``).
 
+``--model=FILE.onnx`` (instead of ``--workdir``) predicts with a model exported by
+``python -m train.export --format=onnx``, in ONNX Runtime: the image size, the classes and the
+per-class thresholds come from the file's metadata (``--threshold`` overrides them), and the
+probabilities are those of the exported checkpoint's model, so the labels are the ones
+``--workdir`` gives with that checkpoint.
+
 A missing or unreadable image is reported by name (on stderr, and in ``errors``); the other
 images are still predicted, and the exit status is 1.
 """
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,54 +130,29 @@ def _check_arguments(
         raise ValueError(f"--top_k={top_k}: expected an integer >= 1")
 
 
-def predict_files(
-    workdir: str | os.PathLike[str],
-    inputs: Sequence[str],
-    *,
-    threshold: float | None = None,
-    top_k: int | None = None,
-    ema: bool = False,
-    step: int | None = None,
-    thresholds: str = "global",
-) -> dict[str, Any]:
-    """Predicts the labels of image files (and the images of directories) with a trained run.
+def _predict_images(
+    images: Sequence[str],
+    size: int,
+    chunk: int,
+    probabilities: Callable[[np.ndarray, int], np.ndarray],
+    select: Callable[[np.ndarray], list[dict[str, Any]]],
+    class_names: Sequence[str],
+    errors: list[dict[str, str]],
+) -> list[dict[str, Any]]:
+    """The predictions of image files, ``chunk`` at a time.
 
     Args:
-      workdir: a workdir of ``python -m train``.
-      inputs: image files and directories.
-      threshold: minimum probability of a reported label (default: the run's ``threshold``).
-      top_k: report at most this many labels per image (default: no limit).
-      ema: use the EMA model.
-      step: the checkpoint (default: the latest).
-      thresholds: ``"global"`` (one threshold) or ``"tuned"``: the per-class thresholds of
-        ``WORKDIR/thresholds.json``, written by ``train.evaluate --tune_thresholds``.
-
-    Returns:
-      ``workdir``, ``step``, ``model``, ``threshold`` (a number, or ``"tuned"``), ``top_k``,
-      ``predictions`` and ``errors``
-      (see the module docstring).
-
-    Raises:
-      RunError: missing workdir, no checkpoint, no such step.
-      ValueError: bad ``threshold`` or ``top_k``, or no input.
+      images: image paths; one that cannot be read is appended to ``errors``.
+      size: the side images are squish-resized to.
+      chunk: images per call of ``probabilities``.
+      probabilities: ``(uint8 [chunk, size, size, 3] zero-padded, number of images) ->
+        probabilities [number of images, K]``.
+      select: the labels reported for one image's probabilities.
+      class_names: the K class names.
+      errors: where unreadable images are reported.
     """
-    import jax
-
     from asl_jax.data.folder import load_image
-    from asl_jax.training.parallel import shard_batch
 
-    _check_arguments(inputs, threshold, thresholds, top_k)
-    images, errors = expand_inputs(inputs)
-
-    config = read_workdir_config(os.path.abspath(os.fspath(workdir)))
-    # Chunks of a fixed size (the last one padded): one compiled program for all of them.
-    chunk = max(1, min(config.evaluation_batch_size, len(images)))
-    run = open_run(workdir, step=step, batch_size=chunk)
-    per_class = tuned_thresholds(run) if thresholds == "tuned" else None
-    if threshold is None:
-        threshold = run.config.threshold
-    size = run.config.data.image_size
-    key = "probs_ema" if ema else "probs"
     predictions: list[dict[str, Any]] = []
     for start in range(0, len(images), chunk):
         loaded, names = [], []
@@ -185,38 +166,192 @@ def predict_files(
             continue
         batch = np.zeros((chunk, size, size, 3), np.uint8)
         batch[: len(loaded)] = np.stack(loaded)
-        mask = np.arange(chunk) < len(loaded)
-        labels = np.zeros((chunk, len(run.class_names)), np.float32)
-        out = run.programs.eval(
-            run.state, shard_batch({"image": batch, "labels": labels, "mask": mask}, run.mesh)
-        )
-        probs = np.asarray(jax.device_get(out[key]))[: len(loaded)]
+        probs = probabilities(batch, len(loaded))
         for path, p in zip(names, probs, strict=True):
             predictions.append(
                 {
                     "image": path,
-                    "labels": select_labels(
-                        p,
-                        run.class_names,
-                        threshold=threshold if per_class is None else per_class,
-                        top_k=top_k,
-                    ),
+                    "labels": select(p),
                     "probabilities": {
-                        name: float(v) for name, v in zip(run.class_names, p, strict=True)
+                        name: float(v) for name, v in zip(class_names, p, strict=True)
                     },
                 }
             )
+    return predictions
+
+
+def predict_files(
+    workdir: str | os.PathLike[str] | None,
+    inputs: Sequence[str],
+    *,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    ema: bool = False,
+    step: int | None = None,
+    thresholds: str = "global",
+    model: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Predicts the labels of image files (and the images of directories) with a trained run,
+    or with an ONNX model exported from one.
+
+    Args:
+      workdir: a workdir of ``python -m train`` (None with ``model``).
+      inputs: image files and directories.
+      threshold: minimum probability of a reported label (default: the run's ``threshold``;
+        with ``model``, the per-class thresholds stored in it).
+      top_k: report at most this many labels per image (default: no limit).
+      ema: use the EMA model.
+      step: the checkpoint (default: the latest).
+      thresholds: ``"global"`` (one threshold) or ``"tuned"``: the per-class thresholds of
+        ``WORKDIR/thresholds.json``, written by ``train.evaluate --tune_thresholds``.
+      model: an ``.onnx`` file of ``train.export --format=onnx``, run in ONNX Runtime, instead
+        of ``workdir``.
+
+    Returns:
+      ``workdir`` (``model``: the ONNX file), ``step``, ``model``, ``threshold`` (a number, or
+      ``"tuned"``), ``top_k``, ``predictions`` and ``errors`` (see the module docstring).
+
+    Raises:
+      RunError: missing workdir, no checkpoint, no such step.
+      ValueError: bad ``threshold`` or ``top_k``, or no input; both or neither of ``workdir``
+        and ``model``; ``ema`` or ``step`` with ``model``.
+      ImportError: ``model`` without onnxruntime (the ``export`` extra).
+    """
+    _check_arguments(inputs, threshold, thresholds, top_k)
+    if (workdir is None) == (model is None):
+        raise ValueError("give either --workdir or --model (an exported .onnx file)")
+    if model is not None:
+        return _predict_onnx(os.fspath(model), inputs, threshold, top_k, ema, step, thresholds)
+    import jax
+
+    from asl_jax.training.parallel import shard_batch
+
+    images, errors = expand_inputs(inputs)
+    config = read_workdir_config(os.path.abspath(os.fspath(workdir)))
+    # Chunks of a fixed size (the last one padded): one compiled program for all of them.
+    chunk = max(1, min(config.evaluation_batch_size, len(images)))
+    run = open_run(workdir, step=step, batch_size=chunk)
+    per_class = tuned_thresholds(run) if thresholds == "tuned" else None
+    if threshold is None:
+        threshold = run.config.threshold
+    key = "probs_ema" if ema else "probs"
+
+    def probabilities(batch: np.ndarray, count: int) -> np.ndarray:
+        mask = np.arange(chunk) < count
+        labels = np.zeros((chunk, len(run.class_names)), np.float32)
+        out = run.programs.eval(
+            run.state, shard_batch({"image": batch, "labels": labels, "mask": mask}, run.mesh)
+        )
+        return np.asarray(jax.device_get(out[key]))[:count]
+
+    def select(p: np.ndarray) -> list[dict[str, Any]]:
+        bound = threshold if per_class is None else per_class
+        return select_labels(p, run.class_names, threshold=bound, top_k=top_k)
+
+    size = run.config.data.image_size
+    predictions = _predict_images(
+        images, size, chunk, probabilities, select, run.class_names, errors
+    )
+    return _result(
+        run.workdir,
+        run.step,
+        "ema" if ema else "regular",
+        threshold if per_class is None else "tuned",
+        top_k,
+        predictions,
+        errors,
+        inputs,
+    )
+
+
+def _result(
+    source: str,
+    step: int,
+    model: str,
+    threshold: float | str,
+    top_k: int | None,
+    predictions: list[dict[str, Any]],
+    errors: list[dict[str, str]],
+    inputs: Sequence[str],
+) -> dict[str, Any]:
+    """The result of :func:`predict_files`, errors in the order of the inputs."""
     order = {path: i for i, path in enumerate(inputs)}
     errors.sort(key=lambda e: order.get(e["image"], len(order)))
     return {
-        "workdir": run.workdir,
-        "step": run.step,
-        "model": "ema" if ema else "regular",
-        "threshold": threshold if per_class is None else "tuned",
+        "workdir": source,
+        "step": step,
+        "model": model,
+        "threshold": threshold,
         "top_k": top_k,
         "predictions": predictions,
         "errors": errors,
     }
+
+
+#: Images per ONNX Runtime call (the exported model takes any batch size).
+ONNX_CHUNK = 32
+
+
+def _predict_onnx(
+    path: str,
+    inputs: Sequence[str],
+    threshold: float | None,
+    top_k: int | None,
+    ema: bool,
+    step: int | None,
+    thresholds: str,
+) -> dict[str, Any]:
+    """:func:`predict_files` with an exported ONNX model."""
+    from train.portable import onnx_metadata, onnx_probabilities, onnx_session
+
+    if ema or step is not None:
+        raise ValueError(
+            "--ema and --step choose a checkpoint of a workdir; an ONNX file holds the one "
+            "model it was exported from (choose it with python -m train.export)"
+        )
+    if not os.path.isfile(path):
+        raise RunError(f"--model={path}: no such file")
+    session = onnx_session(path)
+    metadata = onnx_metadata(session)
+    needed = ("classes", "thresholds", "image_size", "step", "model")
+    missing = [key for key in needed if key not in metadata]
+    if missing:
+        raise RunError(
+            f"--model={path}: no {', '.join(missing)} in its metadata; export it with "
+            "python -m train.export --format=onnx"
+        )
+    class_names = json.loads(metadata["classes"])
+    stored = np.array(json.loads(metadata["thresholds"]), np.float64)
+    if thresholds == "tuned" and metadata.get("thresholds_source") != "tuned":
+        raise ValueError(
+            f"--thresholds=tuned: {path} stores the run's global threshold; export it with "
+            "--thresholds=tuned"
+        )
+    images, errors = expand_inputs(inputs)
+
+    def probabilities(batch: np.ndarray, count: int) -> np.ndarray:
+        return onnx_probabilities(session, batch[:count].astype(np.float32) * (1.0 / 255.0))
+
+    def select(p: np.ndarray) -> list[dict[str, Any]]:
+        bound = stored if threshold is None else threshold
+        return select_labels(p, class_names, threshold=bound, top_k=top_k)
+
+    size = int(metadata["image_size"])
+    chunk = max(1, min(ONNX_CHUNK, len(images)))
+    predictions = _predict_images(images, size, chunk, probabilities, select, class_names, errors)
+    if threshold is None:
+        source = metadata.get("thresholds_source", "global")
+        threshold = "tuned" if source == "tuned" else float(stored[0])
+    return _result(
+        os.path.abspath(path),
+        int(metadata["step"]),
+        metadata["model"],
+        threshold,
+        top_k,
+        predictions,
+        errors,
+        inputs,
+    )
 
 
 def format_predictions(result: dict[str, Any]) -> str:
@@ -246,13 +381,14 @@ def main(argv: list[str]) -> int:
         result = predict_files(
             f.workdir,
             argv[1:],
+            model=f.model,
             threshold=f.threshold,
             top_k=f.top_k,
             ema=f.ema,
             step=f.step,
             thresholds=f.thresholds,
         )
-    except (RunError, ValueError) as e:
+    except (RunError, ValueError, ImportError) as e:
         return cli.error(str(e))
     for e in result["errors"]:
         print(f"error: {e['image']}: {e['error']}", file=sys.stderr, flush=True)
@@ -266,7 +402,16 @@ def main(argv: list[str]) -> int:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "The run's workdir (of python -m train).", required=True)
+    flags.DEFINE_string("workdir", None, "The run's workdir (of python -m train).")
+    flags.DEFINE_string(
+        "model", None, "Instead of --workdir: a .onnx file of python -m train.export --format=onnx."
+    )
+    flags.register_multi_flags_validator(
+        ["workdir", "model"],
+        lambda values: (values["workdir"] is None) != (values["model"] is None),
+        message="--workdir is required: the workdir of a training run, or instead of it "
+        "--model=FILE.onnx (python -m train.export --format=onnx); not both",
+    )
     flags.DEFINE_float("threshold", None, "Minimum probability of a label (default: config).")
     flags.DEFINE_enum(
         "thresholds",

@@ -64,7 +64,7 @@ def create_source(data: DataConfig | Mapping[str, Any], *, seed: int) -> DataSou
       ValueError: bad folder rows (all of them listed), or a TFDS dataset that is not prepared
         (with the ``tfds build`` command to run).
 
-    Example:
+    Examples:
       >>> source = create_source(DataConfig(num_train=16, num_val=8), seed=0)  # doctest: +SKIP
       >>> source.num_classes, source.num_examples("train")  # doctest: +SKIP
       (30, 16)

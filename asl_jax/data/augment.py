@@ -62,7 +62,7 @@ def to_float(images_uint8: jax.Array) -> jax.Array:
     Returns:
       float32 array of the same shape.
 
-    Example:
+    Examples:
       >>> to_float(jnp.array([0, 255], jnp.uint8))
       Array([0., 1.], dtype=float32)
     """
@@ -100,7 +100,7 @@ def augment_images(
     Returns:
       float32 [B, H, W, C] in ``[0, 1]``; deterministic given ``rng``.
 
-    Example:
+    Examples:
       >>> x = jnp.zeros((2, 32, 32, 3), jnp.uint8)
       >>> augment_images(jax.random.key(0), x).shape
       (2, 32, 32, 3)

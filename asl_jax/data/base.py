@@ -59,7 +59,7 @@ class BatchRequest:
       TypeError: an int field that is not an int.
       ValueError: a field out of range, naming it and what was expected.
 
-    Example:
+    Examples:
       >>> BatchRequest.training(batch_size=64, seed=0, epoch=2, start_batch=5).shuffle
       True
       >>> BatchRequest.evaluation("val", batch_size=128).drop_remainder
@@ -218,7 +218,7 @@ def steps_per_epoch(source: DataSource, batch_size: int) -> int:
     Raises:
       ValueError: if ``batch_size < 1`` or larger than the train split.
 
-    Example:
+    Examples:
       >>> steps_per_epoch(source, 128)  # doctest: +SKIP
       64
     """
@@ -377,7 +377,7 @@ class ArraySource(IndexedSource):
       train: ``(images uint8 [N, H, W, 3], labels [N, K] in {0, 1})`` of the train split.
       val: the same for the validation split.
 
-    Example:
+    Examples:
       >>> src = ArraySource("toy", ("a", "b"), train=(x, y), val=(xv, yv))  # doctest: +SKIP
       >>> request = BatchRequest.training(batch_size=8, seed=0)
       >>> batch = next(src.batches(request))  # doctest: +SKIP

@@ -92,7 +92,7 @@ def load_image(path: str, image_size: int) -> np.ndarray:
     Raises:
       OSError (or another Pillow error): the file is missing, not an image, or corrupt.
 
-    Example:
+    Examples:
       >>> load_image("photos/0001.jpg", 224).shape  # doctest: +SKIP
       (224, 224, 3)
     """

@@ -86,7 +86,9 @@ def default_cache_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "asl_jax")
 
 
-def generate(num_images: int, *, image_size: int, seed: int, split_id: int = 0):
+def generate(
+    num_images: int, *, image_size: int, seed: int, split_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Draws ``num_images`` images and their labels.
 
     Args:
@@ -98,7 +100,7 @@ def generate(num_images: int, *, image_size: int, seed: int, split_id: int = 0):
     Returns:
       ``(images uint8 [N, S, S, 3], labels uint8 [N, 30])``.
 
-    Example:
+    Examples:
       >>> images, labels = generate(4, image_size=32, seed=0)
       >>> images.shape, labels.shape
       ((4, 32, 32, 3), (4, 30))

@@ -290,7 +290,7 @@ def create_model(
     Returns:
       A Flax Linen module; call it as ``model.apply(variables, images, train=...)``.
 
-    Example:
+    Examples:
       >>> model = create_model("cnn", num_classes=10)
       >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
       >>> model.apply(variables, jnp.zeros((2, 16, 16, 3)), train=False).shape

@@ -73,7 +73,7 @@ _STEM, _HEAD = 32, 1280
 def round_channels(channels: float, divisor: int = 8) -> int:
     """The nearest multiple of ``divisor`` (at least ``divisor``), never 10 % below ``channels``.
 
-    Example:
+    Examples:
       >>> round_channels(16 * 1.1), round_channels(40 * 1.1), round_channels(16 * 1.4)
       (16, 48, 24)
     """
@@ -84,7 +84,7 @@ def round_channels(channels: float, divisor: int = 8) -> int:
 def stage_depths(depth_multiplier: float, lite: bool) -> tuple[int, ...]:
     """Blocks per stage: ``ceil(repeats × depth_multiplier)``; Lite keeps the first and last.
 
-    Example:
+    Examples:
       >>> stage_depths(1.2, lite=False), stage_depths(1.2, lite=True)
       ((2, 3, 3, 4, 4, 5, 2), (1, 3, 3, 4, 4, 5, 1))
     """

@@ -53,7 +53,7 @@ FROZEN_PARAMETER = "query_embed"
 def ml_decoder_groups(num_classes: int, groups: int = 0) -> int:
     """The number of ML-Decoder queries: ``min(K, groups)``, ``groups = 0`` meaning 100.
 
-    Example:
+    Examples:
       >>> ml_decoder_groups(80), ml_decoder_groups(1000), ml_decoder_groups(1000, 50)
       (80, 100, 50)
     """
@@ -126,7 +126,7 @@ class MLDecoder(nn.Module):
       dropout: dropout rate in training (0.1); needs the ``dropout`` PRNG stream then.
       dtype: compute dtype; parameters are float32.
 
-    Example:
+    Examples:
       >>> head = MLDecoder(num_classes=20)
       >>> v = head.init(jax.random.key(0), jnp.zeros((1, 7, 7, 64)), train=False)
       >>> v["params"]["query_embed"].shape, v["params"]["duplicate_pooling"].shape
@@ -214,7 +214,7 @@ def global_average(features: jax.Array) -> jax.Array:
 def frozen_mask(params: Any) -> Any:
     """``params -> bools``: True for the parameters that never change (:data:`FROZEN_PARAMETER`).
 
-    Example:
+    Examples:
       >>> frozen_mask({"fc": {"query_embed": 0.0, "duplicate_pooling": 0.0}})
       {'fc': {'duplicate_pooling': False, 'query_embed': True}}
     """
@@ -283,7 +283,7 @@ def _transposed(flax_path: str) -> bool:
 def ml_decoder_to_torch(head_params: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
     """timm's ``MLDecoder`` state-dict entries (under ``prefix``) of an ML-Decoder's parameters.
 
-    Example:
+    Examples:
       >>> v = MLDecoder(3).init(jax.random.key(0), jnp.zeros((1, 2, 2, 8)), train=False)
       >>> sorted(ml_decoder_to_torch(v["params"], "fc"))[:2]
       ['fc.decoder.layers.0.linear1.bias', 'fc.decoder.layers.0.linear1.weight']

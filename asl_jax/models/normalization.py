@@ -35,7 +35,7 @@ NORMALIZATION_NAMES = tuple(NORMALIZATIONS)
 def normalize(x: jax.Array, name: str, dtype: Any = jnp.float32) -> jax.Array:
     """``(x - mean) / std`` of the normalisation ``name``, computed in float32, cast to ``dtype``.
 
-    Example:
+    Examples:
       >>> normalize(jnp.ones((1, 2, 2, 3)), "inception")[0, 0, 0]
       Array([1., 1., 1.], dtype=float32)
     """

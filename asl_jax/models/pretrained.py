@@ -303,7 +303,7 @@ def from_torch(
     Returns:
       ``{"params": ..., "batch_stats": ...}`` of float32 NumPy arrays, for ``model.apply``.
 
-    Example:
+    Examples:
       >>> import torchvision  # doctest: +SKIP
       >>> sd = torchvision.models.resnet50().state_dict()  # doctest: +SKIP
       >>> v = from_torch("resnet50", sd, num_classes=20, rng=jax.random.key(0))  # doctest: +SKIP
@@ -328,7 +328,7 @@ def to_torch(name: str, variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     :func:`from_torch`), with zero ``num_batches_tracked`` buffers so that strict loading works.
     An ML-Decoder head is recognised from the variables and written under timm's names.
 
-    Example:
+    Examples:
       >>> sd = to_torch("resnet50", variables)  # doctest: +SKIP
       >>> torchvision.models.resnet50(num_classes=20).load_state_dict(  # doctest: +SKIP
       ...     {k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
@@ -508,7 +508,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         else (text, JSON, HTML, an image, a Git LFS pointer: the message says which), a file
         without tensors, a file that pickles objects.
 
-    Example:
+    Examples:
       >>> sd = load_state_dict("tresnet_m_coco.pth")  # doctest: +SKIP
     """
     path = os.fspath(path)
@@ -541,7 +541,7 @@ def parse_pretrained(spec: str) -> tuple[str, str]:
     """``model.pretrained`` as ``(kind, value)``: ``("", "")`` (from scratch),
     ``("file", path)``, ``("torchvision", model name)`` or ``("timm", model name)``.
 
-    Example:
+    Examples:
       >>> parse_pretrained("torchvision:resnet50"), parse_pretrained("w/r50.pth")
       (('torchvision', 'resnet50'), ('file', 'w/r50.pth'))
     """
@@ -585,7 +585,7 @@ def resolve_normalization(model_name: str, pretrained: str, normalization: str =
     the weights expect (``imagenet`` for torchvision's, timm's from its pretrained config, the
     layout's for a file) or, from scratch, the model's own.
 
-    Example:
+    Examples:
       >>> resolve_normalization("resnet50", "torchvision:resnet50")
       'imagenet'
     """

@@ -75,7 +75,7 @@ def mirrored_to_flax(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     linear ``[O, I]`` -> ``[I, O]``) or ``scale`` (1-D, a norm layer); ``bias`` stays ``bias``;
     ``running_mean`` / ``running_var`` become ``batch_stats`` ``mean`` / ``var``.
 
-    Example:
+    Examples:
       >>> v = mirrored_to_flax({"fc.weight": np.zeros((10, 512)), "fc.bias": np.zeros(10)})
       >>> v["params"]["fc"]["kernel"].shape
       (512, 10)
@@ -114,7 +114,7 @@ def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
 def mirrored_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The inverse of :func:`mirrored_to_flax`: torch names and shapes, float32 NumPy arrays.
 
-    Example:
+    Examples:
       >>> v = {"params": {"fc": {"kernel": np.zeros((512, 10)), "bias": np.zeros(10)}}}
       >>> {k: v.shape for k, v in mirrored_to_torch(v).items()}
       {'fc.weight': (10, 512), 'fc.bias': (10,)}

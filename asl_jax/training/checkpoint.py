@@ -291,7 +291,7 @@ class Checkpointer:
       async_save: write checkpoints in the background (see the module docstring); False makes
         :meth:`save` return only once the checkpoint is on disk.
 
-    Example:
+    Examples:
       >>> ckpt = Checkpointer("/tmp/run/checkpoints")
       >>> ckpt.save(state, metrics={"map": 0.5})     # doctest: +SKIP
       >>> state = ckpt.restore(state)                 # latest checkpoint, same shardings

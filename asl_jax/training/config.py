@@ -8,8 +8,9 @@
 (``augment``). Each field is declared once, with its default, its check, a one-line description
 and its :class:`~asl_jax.config_fields.Effect`; derived from those declarations:
 
-- ``train/configs/default.py`` (:func:`default_config_dict`), the README's config table
-  (:func:`config_table`, ``python -m asl_jax.training.config`` prints it);
+- ``train/configs/default.py`` (:func:`default_config_dict`), the table of the documentation's
+  config reference, ``docs/guides/config.md`` (:func:`config_table`,
+  ``python -m asl_jax.training.config`` prints it);
 - the key of the compiled-program cache (:func:`program_key`: the ``PROGRAM`` fields);
 - the fields whose change makes a workdir refuse to resume (:func:`changed_result_fields`);
 - what a field meant for a run whose ``config.json`` predates it (``stored=True`` of
@@ -197,7 +198,7 @@ class EvalConfig(ConfigBlock):
 class Config(EvalConfig, OptimizerConfig, RunConfig):
     """The whole training config (``train/configs/*.py`` start from its defaults).
 
-    Example:
+    Examples:
       >>> config = Config(num_steps=100, loss=LossConfig(gamma_neg=2))
       >>> config.loss.gamma_neg, config.evaluation_batch_size
       (2.0, 64)
@@ -233,7 +234,7 @@ def validate_config(
       ConfigError: (a ValueError) unknown field, wrong type or value out of range, with the
         field's dotted name.
 
-    Example:
+    Examples:
       >>> validate_config({"loss": {"name": "nope"}})
       Traceback (most recent call last):
       ...
@@ -280,7 +281,7 @@ def eval_interval(eval_every: int, total_steps: int) -> int:
     evaluations (every step in a shorter run), so that the mAP plot is a curve in short runs
     too. The loop always evaluates after the last step as well.
 
-    Example:
+    Examples:
       >>> eval_interval(-1, 1024), eval_interval(-1, 5), eval_interval(100, 1024)
       (128, 1, 100)
     """
@@ -300,7 +301,7 @@ def fit_batch_size(batch_size: int, num_examples: int, *, multiple: int = 1) -> 
     Raises:
       ConfigError: the split has fewer examples than ``multiple``: no batch size fits.
 
-    Example:
+    Examples:
       >>> fit_batch_size(64, 1000), fit_batch_size(64, 48), fit_batch_size(64, 50, multiple=8)
       (64, 48, 48)
     """
@@ -340,7 +341,8 @@ def changed_result_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
 
 
 def config_table() -> str:
-    """The README's table of every field: name, default, what a change does, meaning."""
+    """The table of every field of the documentation's config reference
+    (``docs/guides/config.md``): name, default, what a change does, meaning."""
     changes = {PROGRAM: "program", RESULT: "result", NONE: "—"}
     lines = ["| field | default | changes | meaning |", "|---|---|---|---|"]
     for row in describe_fields(Config):

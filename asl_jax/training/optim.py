@@ -98,7 +98,7 @@ def create_optimizer(
     Returns:
       An optax gradient transformation.
 
-    Example:
+    Examples:
       >>> tx = create_optimizer("adam", schedule=optax.constant_schedule(1e-3), weight_decay=1e-4)
     """
     parts = []
@@ -133,7 +133,7 @@ def freeze_for(steps: int, trainable: Callable[[Any], Any]) -> optax.GradientTra
       steps: number of optimizer updates during which non-trainable parameters stay fixed.
       trainable: ``params -> pytree of bools`` (True = updated from the start).
 
-    Example:
+    Examples:
       >>> head = lambda p: jax.tree_util.tree_map_with_path(
       ...     lambda path, _: path[0].key == "fc", p)
       >>> tx = optax.chain(optax.adam(1e-3), freeze_for(100, head))

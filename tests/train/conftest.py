@@ -93,3 +93,20 @@ def comparison(tmp_path_factory):
     proc = run_module("train.compare", *flags, "--losses=bce,asl_adaptive", f"--workdir={workdir}")
     assert os.path.isfile(os.path.join(workdir, "bce", "summary.json")), proc.stderr[-3000:]
     return Comparison(workdir, os.path.join(workdir, "bce"), cache_dir, flags, proc)
+
+
+@pytest.fixture(scope="session")
+def images(comparison, tmp_path_factory):
+    """Three validation images as PNG files in a directory (with a non-image file), for the
+    tests of train.predict."""
+    from PIL import Image
+
+    from asl_jax.data import create_source
+
+    directory = tmp_path_factory.mktemp("images")
+    source = create_source(comparison.config().data, seed=0)
+    val_images, _ = source.arrays("val")
+    for i in range(3):
+        Image.fromarray(val_images[i]).save(directory / f"val{i}.png")
+    (directory / "notes.txt").write_text("not an image")
+    return directory

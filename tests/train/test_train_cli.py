@@ -91,6 +91,10 @@ def test_did_you_mean():
         (("train.sweep", "--grid=seed"), "error: --grid='seed'"),
         (("train.evaluate",), "error: --workdir is required: the workdir of a training run\n"),
         (("train.predict", "x.jpg"), "error: --workdir is required: the workdir of a training"),
+        (
+            ("train.predict", "--workdir=runs/a", "--model=m.onnx", "x.jpg"),
+            "error: --workdir is required: the workdir of a training run, or instead of it --model",
+        ),
         (("train.export", "--output=m.pth"), "error: --workdir is required: the workdir of a"),
     ],
 )

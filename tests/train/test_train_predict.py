@@ -5,24 +5,11 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from asl_jax.data import create_source
 from train.evaluate import predict_split
 from train.predict import expand_inputs, format_predictions, predict_files, select_labels
 from train.reopen import RunError, open_run
-
-
-@pytest.fixture(scope="module")
-def images(comparison, tmp_path_factory):
-    """Three validation images as PNG files in a directory (with a non-image file)."""
-    directory = tmp_path_factory.mktemp("images")
-    source = create_source(comparison.config().data, seed=0)
-    val_images, _ = source.arrays("val")
-    for i in range(3):
-        Image.fromarray(val_images[i]).save(directory / f"val{i}.png")
-    (directory / "notes.txt").write_text("not an image")
-    return directory
 
 
 def test_cli_json_with_a_directory_a_broken_and_a_missing_image(comparison, images, tmp_path):

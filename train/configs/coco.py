@@ -3,14 +3,14 @@
     python -m train --config=train/configs/coco.py --workdir=runs/coco
     python -m train --config=train/configs/coco.py --config.model.pretrained=resnet50.pth ...
 
-Needs the TFDS ``coco/2017`` dataset prepared under ``data.data_dir`` (see the README): TFDS
-offers COCO 2017 (train2017, 118k images, and val2017, 5k, which this config validates on), not
-the 2014 split of the paper's tables, so the numbers are close to but not the paper's. The
-official fine-tuning recipe: ImageNet weights (here torchvision's ResNet-50, downloaded by
-torchvision on first use; offline, give a weights file), 448 px images, Adam lr 1e-4, one-cycle,
-weight decay 1e-4 on weights only, EMA 0.9997, batch 128, Cutout + RandAugment, loss summed over
-the batch, mixed precision on GPU/TPU (``model.dtype='auto'``). The paper's own model, TResNet-L,
-with timm's ImageNet weights (no input normalisation, as the official code)::
+Needs the TFDS ``coco/2017`` dataset prepared under ``data.data_dir`` (see the guide
+``docs/guides/own-data.md``): TFDS offers COCO 2017 (train2017, 118k images, and val2017, 5k, which
+this config validates on), not the 2014 split of the paper's tables, so the numbers are close to but
+not the paper's. The official fine-tuning recipe: ImageNet weights (here torchvision's ResNet-50,
+downloaded by torchvision on first use; offline, give a weights file), 448 px images, Adam lr 1e-4,
+one-cycle, weight decay 1e-4 on weights only, EMA 0.9997, batch 128, Cutout + RandAugment, loss
+summed over the batch, mixed precision on GPU/TPU (``model.dtype='auto'``). The paper's own model,
+TResNet-L, with timm's ImageNet weights (no input normalisation, as the official code)::
 
     python -m train --config=train/configs/coco.py --config.model.name=tresnet_l \
         --config.model.pretrained=timm:tresnet_l --workdir=runs/coco_tresnet_l
