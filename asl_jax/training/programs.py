@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-from asl_jax.models import create_model, frozen_mask, torch_layout
+from asl_jax.models import cpu_compiler_options, create_model, frozen_mask, torch_layout
 from asl_jax.training import parallel
 from asl_jax.training.config import Config, program_key
 from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
@@ -97,6 +97,9 @@ def build_programs(
         ),
         mesh,
     )
+    # On CPU devices the steps run the model's matrix products and reductions through XLA:CPU's
+    # kernel library (model.cpu_fast_kernels); the initialiser keeps its own options.
+    cpu_options = cpu_compiler_options(config.model.name) if config.model.cpu_fast_kernels else None
     train = parallel.jit_train_step(
         functools.partial(
             train_step,
@@ -107,8 +110,9 @@ def build_programs(
             steps_per_epoch=steps_per_epoch,
         ),
         mesh,
+        cpu_options,
     )
-    eval_fn = parallel.jit_eval_step(eval_step, mesh)
+    eval_fn = parallel.jit_eval_step(eval_step, mesh, cpu_options)
     programs = Programs(model, tx, schedule, init, train, eval_fn)
     _PROGRAMS[key] = programs
     return programs
