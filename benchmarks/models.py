@@ -16,7 +16,8 @@ side by side in one process (interleaved rounds, a new random order each round,
   torch.compile the model is compiled (inductor), the loss and optimizer stay eager.
 
 JAX runs twice: compiled with XLA's defaults, and with the model's XLA:CPU library fusions
-(`asl_jax.models.cpu_compiler_options`: what training uses on CPU devices), when it has any.
+(`asl_jax.models.cpu_compiler_options`: what training uses on CPU devices); a model without any
+(ViT-B/16) with the other models' set, `asl_jax.models.CPU_FUSIONS`, to show why it has none.
 
 Memory: for every candidate the growth of the process's peak resident set during one call
 (after compilation and a first call; the peak is reset through ``/proc/self/clear_refs`` after
@@ -47,8 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.compile_options import FAST_COMPILE
-from asl_jax.models import cpu_compiler_options
+from asl_jax.compile_options import FAST_COMPILE, cpu_library_fusions
+from asl_jax.models import CPU_FUSIONS, cpu_compiler_options
+from asl_jax.models.efficientnet import VARIANTS
 from benchmarks import _machine, _timing
 from benchmarks._train_common import _flops, _ms, _rate
 from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION
@@ -68,6 +70,8 @@ TORCH_NAMES = {
     "tresnet_m": "tresnet_m",
     "tresnet_l": "tresnet_l",
     "vit_b16": "vit_base_patch16_224",
+    # timm's names of the EfficientNets (the smallest pretrained models).
+    **{name: timm_name for name, (_, timm_name) in VARIANTS.items()},
 }
 JAX, EAGER, COMPILED = "JAX (jit)", "PyTorch eager", "PyTorch torch.compile"
 #: JAX compiled with the model's XLA:CPU library fusions (`asl_jax.models.cpu_compiler_options`,
@@ -332,13 +336,14 @@ def run_model(name: str, args: argparse.Namespace, torch: Any) -> ModelResult:
     options = dict(FAST_COMPILE) if args.fast_compile else {}
     print(f"\n{name}: {parameters / 1e6:.1f} M parameters, {size} px, batch {batch}")
     ours, jax_logits, jax_loss = jax_candidates(name, variables, images, labels, options or None)
-    fusions = cpu_compiler_options(name)
+    # A model without CPU fusions of its own is timed with the other models' (CPU_FUSIONS): the
+    # row shows why it has none.
+    fusions = cpu_compiler_options(name) or cpu_library_fusions(CPU_FUSIONS)
     losses, logits = {}, {}
-    if fusions:  # the model's CPU options, when it has any (else the same program as JAX's)
-        fused, logits[JAX_FUSED], losses[JAX_FUSED] = jax_candidates(
-            name, variables, images, labels, {**options, **fusions}, JAX_FUSED
-        )
-        ours += fused
+    fused, logits[JAX_FUSED], losses[JAX_FUSED] = jax_candidates(
+        name, variables, images, labels, {**options, **fusions}, JAX_FUSED
+    )
+    ours += fused
     theirs, torch_logits, torch_losses, error = torch_candidates(
         torch, source, images, labels, compile_=args.compile
     )
@@ -406,8 +411,11 @@ def fusions_line(name: str) -> str:
     from asl_jax.models import MODELS
 
     kinds = MODELS[name].cpu_fusions
-    return f"CPU fusions of {name}: " + (
-        ", ".join(f"`{k}`" for k in kinds) if kinds else "none (XLA's default compilation)"
+    if kinds:
+        return f"CPU fusions of {name}: " + ", ".join(f"`{k}`" for k in kinds)
+    return (
+        f"CPU fusions of {name}: none, it trains with XLA's default compilation; its "
+        f"'{JAX_FUSED}' rows use the other models' ({', '.join(CPU_FUSIONS)}) to show why"
     )
 
 
@@ -448,8 +456,7 @@ def render_markdown(results: Sequence[ModelResult], info: dict, command: str) ->
         "framework) in JAX (jit) and PyTorch (eager, and torch.compile when run), on the CPU. "
         f"{JAX_FUSED}: the same JAX programs compiled with the model's XLA:CPU library fusions "
         "(the `cpu_fusions` of its registry entry, as `xla_cpu_experimental_ynn_fusion_type`), "
-        "what training compiles on CPU devices by default (`model.cpu_fast_kernels`); a model "
-        "without any has no such row. "
+        "what training compiles on CPU devices by default (`model.cpu_fast_kernels`). "
         "Eval forward: logits of one batch. Training step: forward with batch statistics, "
         f"summed ASL (γ+ = {GAMMA_POS:g}, γ− = {GAMMA_NEG:g}, m = {CLIP:g}), backward, Adam "
         f"(lr {LEARNING_RATE:g}). All candidates of a model timed in the same process, "

@@ -49,6 +49,7 @@ __all__ = [
     "MODEL_NAMES",
     "NORMALIZATIONS",
     "NORMALIZATION_NAMES",
+    "CPU_FUSIONS",
     "BasicBlock",
     "Bottleneck",
     "ConvNeXt",

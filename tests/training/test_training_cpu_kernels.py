@@ -68,8 +68,8 @@ def _batches() -> list[dict[str, np.ndarray]]:
 
 
 def _train(config, batches, mesh):
-    """The losses of the steps, the final eval probabilities, and how many library fusions the
-    compiled train and eval steps hold."""
+    """The losses of the steps, the eval probabilities of the initial state, and how many
+    library fusions the compiled train and eval steps hold."""
     programs = build_programs(
         config, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, total_steps=STEPS, mesh=mesh
     )
@@ -79,11 +79,13 @@ def _train(config, batches, mesh):
     train = programs.train.lower(state, sharded[0]).compile()
     evaluate = programs.eval.lower(state, sharded[0]).compile()
     fusions = sum(p.as_text().count(LIBRARY_FUSION) for p in (train, evaluate))
+    # Evaluated at the initial weights: after a step, Adam turns rounding-sized differences of
+    # near-zero gradients into learning-rate-sized ones, which the eval forward would amplify.
+    probs = np.asarray(jax.device_get(evaluate(state, sharded[0])["probs"]))
     losses = []
     for batch in sharded:
         state, metrics = train(state, batch)
         losses.append(float(metrics["loss"]))
-    probs = np.asarray(jax.device_get(evaluate(state, sharded[0])["probs"]))
     return np.array(losses), probs, fusions
 
 
@@ -94,7 +96,7 @@ def test_cpu_fast_kernels_compute_what_the_default_compilation_computes(name):
     fast_losses, fast_probs, fast_fusions = _train(_config(name, True), batches, mesh)
     losses, probs, fusions = _train(_config(name, False), batches, mesh)
     np.testing.assert_allclose(fast_losses, losses, rtol=2e-5)
-    np.testing.assert_allclose(fast_probs, probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast_probs, probs, rtol=1e-5, atol=1e-6)
     # The options reach the compiler: more library fusions exactly where the model asks for them
     # (XLA:CPU fuses a few by default).
     assert (fast_fusions > fusions) == bool(MODELS[name].cpu_fusions)
