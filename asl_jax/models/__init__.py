@@ -43,13 +43,13 @@ from asl_jax.models.tresnet import TResNet, TResNetL, TResNetM
 from asl_jax.models.vit import VisionTransformer, ViTB16
 
 __all__ = [
+    "CPU_FUSIONS",
     "DTYPE_NAMES",
     "HEAD_NAMES",
     "MODELS",
     "MODEL_NAMES",
     "NORMALIZATIONS",
     "NORMALIZATION_NAMES",
-    "CPU_FUSIONS",
     "BasicBlock",
     "Bottleneck",
     "ConvNeXt",
