@@ -188,3 +188,19 @@ def update_section(path: str | os.PathLike, name: str, body: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def publish(
+    args: argparse.Namespace, section: str, markdown: str, command: str, info: dict, results: object
+) -> None:
+    """Writes ``section`` of the document (``--update-doc`` / ``--output``) and the JSON
+    (``--json``) of a benchmark run, and says where."""
+    from benchmarks import _machine
+
+    output = document_path(args)
+    if output:
+        update_section(output, section, markdown)
+        print(f"Wrote the '{section}' section of {os.path.abspath(output)}")
+    if args.json:
+        path = _machine.write_results_json(args.json, section, command, info, results)
+        print(f"Wrote {os.path.abspath(path)}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -251,18 +250,13 @@ def main(argv: Sequence[str] | None = None) -> list[LayerResult]:
     text = f"{table(results)}\n\n{totals_line(results)}"
     print(f"\n{text}")
     command = ("python -m benchmarks.conv " + " ".join(argv or sys.argv[1:])).strip()
-    output = _timing.document_path(args)
-    if output:
-        body = (
-            f"## Convolutions at ResNet-50's shapes: JAX vs PyTorch\n\n`{command}`\n\n"
-            f"{_machine.machine_markdown(info)}\n\nBatch {args.batch}, float32, median of "
-            f"{args.rounds} interleaved rounds; CPU fusions: ResNet-50's "
-            f"(`{', '.join(fusions.values())}`).\n\n{text}\n"
-        )
-        _timing.update_section(output, SECTION, body)
-    if args.json:
-        path = _machine.write_results_json(args.json, SECTION, command, info, results)
-        print(f"Wrote {os.path.abspath(path)}")
+    body = (
+        f"## Convolutions at ResNet-50's shapes: JAX vs PyTorch\n\n`{command}`\n\n"
+        f"{_machine.machine_markdown(info)}\n\nBatch {args.batch}, float32, median of "
+        f"{args.rounds} interleaved rounds; CPU fusions: ResNet-50's "
+        f"(`{', '.join(fusions.values())}`).\n\n{text}\n"
+    )
+    _timing.publish(args, SECTION, body, command, info, results)
     return results
 
 
