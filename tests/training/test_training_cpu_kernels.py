@@ -1,53 +1,40 @@
 """``model.cpu_fast_kernels``: on CPU devices the train / eval steps are compiled with the model's
-XLA:CPU library fusions (``ModelSpec.cpu_fusions``), and compute what the default compilation
-computes, to float32 rounding, for every architecture of the registry.
+XLA:CPU library fusions (``ModelSpec.cpu_fusions``) and compute what the default compilation
+computes, to float32 rounding.
 
-Each architecture runs a few training steps at a tiny width and size, once with the option and
-once without. The first architecture of each family (each model class of the registry) runs by
-default; the deeper variants of a family repeat the same layers and are ``slow``.
+The whole training engine (config field → programs → compiler) is checked on the small CNN; every
+other architecture of the registry at the model level (loss and gradients of one batch, at a tiny
+width), the first of the cheaper families by default, the others ``slow`` (compiling a deep
+network's gradient takes seconds).
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asl_jax.models import MODELS, cpu_compiler_options
+from asl_jax.compile_options import FAST_COMPILE, cpu_library_fusions
+from asl_jax.losses import asymmetric_loss
+from asl_jax.models import MODELS, cpu_compiler_options, create_model
 from asl_jax.training import parallel
 from asl_jax.training.config import validate_config
 from asl_jax.training.programs import build_programs
 from train.configs.default import get_config
 
 NUM_CLASSES, BATCH, STEPS = 4, 4, 2
-#: How XLA:CPU names a fusion run by its kernel library in the compiled HLO.
-LIBRARY_FUSION = '"kind":"__ynn_fusion"'
 #: A width every family accepts (ViT's is split over its 12 heads).
 WIDTH = 24
-#: TResNet needs sides that are multiples of 4, ViT of 16, the ResNets' stride is 32.
-IMAGE_SIZE = 32
+#: How XLA:CPU names a fusion run by its kernel library in the compiled HLO.
+LIBRARY_FUSION = '"kind":"__ynn_fusion"'
+#: The families checked in the default run (the others' gradients take ~10 CPU-seconds each).
+DEFAULT_RUN = ("resnet18", "convnext_tiny", "vit_b16")
 
 
-def _family(name: str) -> object:
-    """The class (or factory) that builds model ``name``: what its layers are."""
-    build = MODELS[name].build
-    return getattr(build, "func", build)
-
-
-def _cases() -> list:
-    seen, cases = set(), []
-    for name in MODELS:
-        family = _family(name)
-        marks = [pytest.mark.slow] if family in seen else []
-        seen.add(family)
-        cases.append(pytest.param(name, marks=marks))
-    return cases
-
-
-def _config(name: str, fast: bool):
+def _config(fast: bool):
     config = get_config()
-    config.model.name = name
-    config.model.width = WIDTH
+    config.model.width = 8
     config.model.cpu_fast_kernels = fast
-    config.data.image_size = IMAGE_SIZE
+    config.data.image_size = 16
     config.batch_size = BATCH
     config.num_steps = STEPS
     config.learning_rate = 1e-3
@@ -55,23 +42,11 @@ def _config(name: str, fast: bool):
     return validate_config(config)
 
 
-def _batches() -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(0)
-    return [
-        {
-            "image": rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
-            "labels": (rng.uniform(size=(BATCH, NUM_CLASSES)) < 0.5).astype(np.float32),
-            "mask": np.ones(BATCH, bool),
-        }
-        for _ in range(STEPS)
-    ]
-
-
 def _train(config, batches, mesh):
     """The losses of the steps, the eval probabilities of the initial state, and how many
     library fusions the compiled train and eval steps hold."""
     programs = build_programs(
-        config, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, total_steps=STEPS, mesh=mesh
+        config, num_classes=NUM_CLASSES, image_size=16, total_steps=STEPS, mesh=mesh
     )
     state = programs.init(jax.random.key(0))
     sharded = [parallel.shard_batch(b, mesh) for b in batches]
@@ -80,7 +55,7 @@ def _train(config, batches, mesh):
     evaluate = programs.eval.lower(state, sharded[0]).compile()
     fusions = sum(p.as_text().count(LIBRARY_FUSION) for p in (train, evaluate))
     # Evaluated at the initial weights: after a step, Adam turns rounding-sized differences of
-    # near-zero gradients into learning-rate-sized ones, which the eval forward would amplify.
+    # near-zero gradients into learning-rate-sized ones.
     probs = np.asarray(jax.device_get(evaluate(state, sharded[0])["probs"]))
     losses = []
     for batch in sharded:
@@ -89,22 +64,68 @@ def _train(config, batches, mesh):
     return np.array(losses), probs, fusions
 
 
-@pytest.mark.parametrize("name", _cases())
-def test_cpu_fast_kernels_compute_what_the_default_compilation_computes(name):
+def test_the_training_engine_compiles_with_the_cpu_options_and_computes_the_same():
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "image": rng.integers(0, 256, (BATCH, 16, 16, 3), dtype=np.uint8),
+            "labels": (rng.uniform(size=(BATCH, NUM_CLASSES)) < 0.5).astype(np.float32),
+            "mask": np.ones(BATCH, bool),
+        }
+        for _ in range(STEPS)
+    ]
     mesh = parallel.make_mesh(jax.devices()[:1])
-    batches = _batches()
-    fast_losses, fast_probs, fast_fusions = _train(_config(name, True), batches, mesh)
-    losses, probs, fusions = _train(_config(name, False), batches, mesh)
+    fast_losses, fast_probs, fast_fusions = _train(_config(True), batches, mesh)
+    losses, probs, fusions = _train(_config(False), batches, mesh)
     np.testing.assert_allclose(fast_losses, losses, rtol=2e-5)
     np.testing.assert_allclose(fast_probs, probs, rtol=1e-5, atol=1e-6)
-    # The options reach the compiler: more library fusions exactly where the model asks for them
-    # (XLA:CPU fuses a few by default).
-    assert (fast_fusions > fusions) == bool(MODELS[name].cpu_fusions)
+    # The options reach the compiler (XLA:CPU hands a few ops to the library by default).
+    assert fast_fusions > fusions
+
+
+def _cases() -> list:
+    return [
+        pytest.param(name, marks=[] if name in DEFAULT_RUN else [pytest.mark.slow])
+        for name in MODELS
+        if name != "cnn"  # the test above
+    ]
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_every_architecture_computes_the_same_loss_and_gradients(name):
+    options = cpu_compiler_options(name)
+    if not options:  # XLA's default compilation: the same program
+        assert not MODELS[name].cpu_fusions
+        return
+    model = create_model(name, num_classes=NUM_CLASSES, width=WIDTH)
+    rng = np.random.default_rng(0)
+    # 64 px and 8 images: the last stage's batch norm averages over 32 values, not 4 (a variance
+    # of 4 values amplifies rounding differences far beyond float32's).
+    x = jnp.asarray(rng.uniform(size=(8, 64, 64, 3)).astype(np.float32))
+    y = jnp.asarray((rng.uniform(size=(8, NUM_CLASSES)) < 0.5).astype(np.float32))
+    init = jax.jit(lambda k: model.init(k, x[:1], train=False), compiler_options=FAST_COMPILE)
+    variables = init(jax.random.key(0))
+
+    def loss(params):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return asymmetric_loss(logits, y).sum()
+
+    # XLA's cheap code generation for both: the library fusions are chosen before it.
+    results = [
+        jax.jit(jax.value_and_grad(loss)).lower(variables["params"]).compile(o)(variables["params"])
+        for o in (FAST_COMPILE, {**FAST_COMPILE, **options})
+    ]
+    (reference, grads), (fast, fast_grads) = results
+    np.testing.assert_allclose(float(fast), float(reference), rtol=1e-5)
+    flat, fast_flat = (
+        jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)]) for t in (grads, fast_grads)
+    )
+    assert float(jnp.linalg.norm(fast_flat - flat) / jnp.linalg.norm(flat)) < 1e-4
 
 
 def test_unknown_fusion_kinds_and_models_are_refused():
-    from asl_jax.compile_options import cpu_library_fusions
-
     with pytest.raises(ValueError, match="NOPE"):
         cpu_library_fusions(("NOPE",))
     with pytest.raises(ValueError, match=r"model\.name='nope'"):
