@@ -82,9 +82,10 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 DTYPE_NAMES = ("auto", *_DTYPES)
 
 
-#: The library fusions of the convolutional networks on CPU (``ModelSpec.cpu_fusions``), chosen by
-#: ``python -m benchmarks.models`` (see BENCHMARKS.md): matrix products, reductions and elementwise
-#: ops through YNNPACK.
+#: The library fusions of the convolutional networks on CPU (``ModelSpec.cpu_fusions``), measured
+#: by ``python -m benchmarks.models`` (BENCHMARKS.md): matrix products, reductions and elementwise
+#: ops through YNNPACK. Library convolutions (``INDIVIDUAL_CONVOLUTION``) were slower; without
+#: ``ELTWISE`` the step keeps XLA's memory but is slower.
 CPU_FUSIONS = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 
 
@@ -172,8 +173,15 @@ def _efficientnet(name: str) -> ModelSpec:
         rename=efficientnet.rename_efficientnet_pytorch(depths),
     )
     package = efficientnet.WEIGHTS_PACKAGES.get(name)
+    # Library fusions slow its depthwise-convolution steps down on CPU (BENCHMARKS.md).
     return ModelSpec(
-        build, "width", EfficientNet.width, normalization, layout, weights_package=package
+        build,
+        "width",
+        EfficientNet.width,
+        normalization,
+        layout,
+        weights_package=package,
+        cpu_fusions=(),
     )
 
 
@@ -213,7 +221,7 @@ MODELS: dict[str, ModelSpec] = {
         ViTB16.keywords["hidden_size"],
         VisionTransformer.normalization,
         _TIMM_VIT,
-        # Its matrix products and softmaxes run slower through the library on CPU.
+        # Its steps run slower with the library fusions on CPU (BENCHMARKS.md).
         cpu_fusions=(),
     ),
     **{name: _efficientnet(name) for name in efficientnet.VARIANTS},
