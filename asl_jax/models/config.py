@@ -96,8 +96,8 @@ class ModelConfig(ConfigBlock):
     # Runs stored before the field existed were compiled without the library kernels.
     cpu_fast_kernels: bool = option(
         True,
-        "on CPU devices, compile the train / eval steps with the model's XLA:CPU library "
-        "fusions (same results to float32 rounding, faster; see BENCHMARKS.md)",
+        "on CPU devices, compile the train step with the model's XLA:CPU library fusions "
+        "(same results to float32 rounding, faster; see BENCHMARKS.md)",
         effect=Effect.PROGRAM,
         absent=lambda stored: False,
     )

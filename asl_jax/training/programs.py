@@ -97,8 +97,9 @@ def build_programs(
         ),
         mesh,
     )
-    # On CPU devices the steps run the model's matrix products and reductions through XLA:CPU's
-    # kernel library (model.cpu_fast_kernels); the initialiser keeps its own options.
+    # On CPU devices the train step runs the model's matrix products, reductions and elementwise
+    # ops through XLA:CPU's kernel library (model.cpu_fast_kernels). The eval step keeps XLA's
+    # default: ResNet-50's forward was slower with them and took more memory (BENCHMARKS.md).
     cpu_options = cpu_compiler_options(config.model.name) if config.model.cpu_fast_kernels else None
     train = parallel.jit_train_step(
         functools.partial(
@@ -112,7 +113,7 @@ def build_programs(
         mesh,
         cpu_options,
     )
-    eval_fn = parallel.jit_eval_step(eval_step, mesh, cpu_options)
+    eval_fn = parallel.jit_eval_step(eval_step, mesh)
     programs = Programs(model, tx, schedule, init, train, eval_fn)
     _PROGRAMS[key] = programs
     return programs

@@ -1,6 +1,6 @@
-"""``model.cpu_fast_kernels``: on CPU devices the train / eval steps are compiled with the model's
-XLA:CPU library fusions (``ModelSpec.cpu_fusions``) and compute what the default compilation
-computes, to float32 rounding.
+"""``model.cpu_fast_kernels``: on CPU devices the train step is compiled with the model's XLA:CPU
+library fusions (``ModelSpec.cpu_fusions``; the eval step keeps XLA's default) and computes what
+the default compilation computes, to float32 rounding.
 
 The whole training engine (config field → programs → compiler) is checked on the small CNN; every
 other architecture of the registry at the model level (loss and gradients of one batch, at a tiny
