@@ -4,10 +4,13 @@ On the same generated 640×480 JPEGs (photo-like: smooth colour fields and senso
 quality 90) and at each output size, one epoch of batches per candidate and round, the
 candidates in a new random order each round, in one process:
 
-* the previous folder streaming: a thread pool decoding each batch with ``load_image``, two
-  batches prefetched by a background thread (what ``FolderSource`` did before the Grain pipeline),
-  and the same with every JPEG pixel decoded (no ``Image.draft``: what draft decoding saves);
-* the Grain pipeline of ``FolderSource`` (``memory_limit_bytes=0``) with ``data.num_workers`` 0
+* the previous folder streaming: a thread pool decoding each batch with Pillow in draft mode
+  (``load_image_with_pillow``), two batches prefetched by a background thread (what
+  ``FolderSource`` did before the Grain pipeline), the same with every JPEG pixel decoded (no
+  ``Image.draft``: what draft decoding saves), and the same decoding with libjpeg-turbo through
+  ``simplejpeg`` (``load_image``'s JPEG path, when simplejpeg is installed);
+* the Grain pipeline of ``FolderSource`` (``memory_limit_bytes=0``; it decodes with
+  ``load_image``, so with simplejpeg when installed) with ``data.num_workers`` 0
   (threads of this process) and a few worker processes; its stream lives across rounds, as it
   lives across epochs in training, so the workers' start-up is not counted;
 * tf.data: read, decode (DCT-scaled, as the TFDS source does) and resize in parallel
@@ -38,8 +41,9 @@ import numpy as np
 from benchmarks import _machine, _timing
 
 SECTION = "input"
-OLD = "folder streaming before (thread pool + prefetch thread, draft)"
+OLD = "folder streaming before (thread pool + prefetch thread, Pillow draft)"
 OLD_FULL = "folder streaming before, full JPEG decode (no draft)"
+TURBO = "same, libjpeg-turbo through simplejpeg (DCT-scaled by eighths)"
 #: Images/s of one ResNet-50 fine-tuning step on one A100-class GPU at 224 px in mixed precision:
 #: an assumption (the order of published training throughputs), not a measurement.
 ACCELERATOR_IMAGES_PER_S = 2500
@@ -85,12 +89,15 @@ def load_full(path: str, image_size: int) -> np.ndarray:
         return np.asarray(im.resize((image_size, image_size), Image.Resampling.BILINEAR))
 
 
-def old_pipeline(source, batch_size: int, *, draft: bool = True) -> Callable[[], Iterator[dict]]:
-    """The folder streaming of before: ``min(32, cpu + 4)`` decoding threads, 2 batches ahead."""
+def old_pipeline(
+    source, batch_size: int, load: Callable[[str, int], np.ndarray] | None = None
+) -> Callable[[], Iterator[dict]]:
+    """The folder streaming of before: ``min(32, cpu + 4)`` decoding threads, 2 batches ahead;
+    each image read by ``load`` (default: Pillow in draft mode, what it used)."""
     from asl_jax.data.base import BatchRequest, batch_indices, prefetch_map
-    from asl_jax.data.folder import load_image
+    from asl_jax.data.folder import load_image_with_pillow
 
-    load = load_image if draft else load_full
+    load = load or load_image_with_pillow
     paths = source.loader("train").paths
     pool = concurrent.futures.ThreadPoolExecutor(min(32, (os.cpu_count() or 1) + 4))
 
@@ -165,12 +172,14 @@ def measure(
 ) -> dict[str, Rate]:
     """``{candidate: Rate}`` at output side ``size``."""
     from asl_jax.data import BatchRequest
-    from asl_jax.data.folder import FolderSource
+    from asl_jax.data.folder import FolderSource, load_image
 
     candidates: dict[str, Callable[[], Iterator]] = {}
     reference = FolderSource(str(directory), image_size=size, memory_limit_bytes=0)
     candidates[OLD] = old_pipeline(reference, batch_size)
-    candidates[OLD_FULL] = old_pipeline(reference, batch_size, draft=False)
+    candidates[OLD_FULL] = old_pipeline(reference, batch_size, load_full)
+    if _simplejpeg_version():
+        candidates[TURBO] = old_pipeline(reference, batch_size, load_image)
     sources = []
     for w in workers:
         source = FolderSource(str(directory), image_size=size, memory_limit_bytes=0, num_workers=w)
@@ -238,6 +247,16 @@ def on_paper(results: dict[int, dict[str, Rate]]) -> str:
     )
 
 
+def _simplejpeg_version() -> str | None:
+    """The installed simplejpeg's version (None: the folder source decodes with Pillow)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("simplejpeg")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _tensorflow_package() -> str:
     """The installed TensorFlow distribution's name (the ``tfds`` extra installs the CPU one)."""
     import importlib.metadata
@@ -297,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[int, dict[str, Rate]]:
     """Runs the benchmark; prints (and optionally writes) the table and the estimate."""
     args = parse_args(argv)
-    info = _machine.machine_info(("grain", "pillow", _tensorflow_package()))
+    info = _machine.machine_info(("grain", "pillow", "simplejpeg", _tensorflow_package()))
     print(_machine.machine_markdown(info))
     with tempfile.TemporaryDirectory() as tmp:
         directory = write_jpegs(Path(args.dir or tmp), args.images)

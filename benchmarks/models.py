@@ -15,6 +15,10 @@ side by side in one process (interleaved rounds, a new random order each round,
   donated. PyTorch: ``zero_grad``, forward, loss, ``backward()``, ``Adam.step()``; with
   torch.compile the model is compiled (inductor), the loss and optimizer stay eager.
 
+JAX runs twice: compiled with XLA's defaults, and with the model's XLA:CPU library fusions
+(`asl_jax.models.cpu_compiler_options`: what training uses on CPU devices); a model without any
+(ViT-B/16) with the other models' set, `asl_jax.models.CPU_FUSIONS`, to show why it has none.
+
 Memory: for every candidate the growth of the process's peak resident set during one call
 (after compilation and a first call; the peak is reset through ``/proc/self/clear_refs`` after
 ``malloc_trim``, so the same method measures both frameworks), and for JAX the compiled
@@ -48,8 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asl_jax.compile_options import FAST_COMPILE
-from asl_jax.models import efficientnet
+from asl_jax.compile_options import FAST_COMPILE, cpu_library_fusions
+from asl_jax.models import CPU_FUSIONS, cpu_compiler_options
+from asl_jax.models.efficientnet import VARIANTS
 from benchmarks import _machine, _timing
 from benchmarks._train_common import _flops, _ms, _rate
 from benchmarks.loss_on_paper import ACCELERATORS, UTILISATION
@@ -69,10 +74,13 @@ TORCH_NAMES = {
     "tresnet_m": "tresnet_m",
     "tresnet_l": "tresnet_l",
     "vit_b16": "vit_base_patch16_224",
-    # timm's EfficientNets: the same names, the Lite ones with TensorFlow's padding.
-    **{name: f"tf_{name}" if "lite" in name else name for name in efficientnet.VARIANTS},
+    # timm's names of the EfficientNets (the smallest pretrained models).
+    **{name: timm_name for name, (_, timm_name) in VARIANTS.items()},
 }
 JAX, EAGER, COMPILED = "JAX (jit)", "PyTorch eager", "PyTorch torch.compile"
+#: JAX compiled with the model's XLA:CPU library fusions (`asl_jax.models.cpu_compiler_options`,
+#: what training uses on CPU devices with `model.cpu_fast_kernels`).
+JAX_FUSED = "JAX (jit, CPU fusions)"
 EVAL, TRAIN = "eval forward", "training step"
 #: The accelerator of the "on paper" estimate (a key of `benchmarks.loss_on_paper.ACCELERATORS`).
 ACCELERATOR = "A100 40GB"
@@ -217,9 +225,15 @@ def _xla_bytes(compiled: Any) -> float | None:
 
 
 def jax_candidates(
-    name: str, variables: dict, images: np.ndarray, labels: np.ndarray, options: dict | None
+    name: str,
+    variables: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    options: dict | None,
+    framework: str = JAX,
 ) -> tuple[list[Candidate], np.ndarray, float]:
-    """JAX's eval and training candidates, the eval logits and the first step's loss."""
+    """JAX's eval and training candidates compiled with ``options`` (named ``framework``), the
+    eval logits and the first step's loss."""
     from asl_jax.models import create_model
 
     model = create_model(name, num_classes=NUM_CLASSES, dtype=jnp.float32, normalization="none")
@@ -246,11 +260,12 @@ def jax_candidates(
 
     candidates = [
         Candidate(
-            JAX, EVAL, lambda: jax.block_until_ready(forward(v, x)), eval_seconds,
+            framework, EVAL, lambda: jax.block_until_ready(forward(v, x)), eval_seconds,
             xla_bytes=_xla_bytes(forward), flops=_flops(forward),
         ),
         Candidate(
-            JAX, TRAIN, train_call, train_seconds, xla_bytes=_xla_bytes(train), flops=_flops(train)
+            framework, TRAIN, train_call, train_seconds, xla_bytes=_xla_bytes(train),
+            flops=_flops(train),
         ),
     ]  # fmt: skip
     return candidates, logits, float(loss)
@@ -322,12 +337,22 @@ def run_model(name: str, args: argparse.Namespace, torch: Any) -> ModelResult:
     source = torch_model(torch, name, NUM_CLASSES)
     parameters = sum(p.numel() for p in source.parameters())
     variables = from_torch(name, source.state_dict(), num_classes=NUM_CLASSES, image_size=size)
-    options = dict(FAST_COMPILE) if args.fast_compile else None
+    options = dict(FAST_COMPILE) if args.fast_compile else {}
     print(f"\n{name}: {parameters / 1e6:.1f} M parameters, {size} px, batch {batch}")
-    ours, jax_logits, jax_loss = jax_candidates(name, variables, images, labels, options)
-    theirs, logits, losses, error = torch_candidates(
+    ours, jax_logits, jax_loss = jax_candidates(name, variables, images, labels, options or None)
+    # A model without CPU fusions of its own is timed with the other models' (CPU_FUSIONS): the
+    # row shows why it has none.
+    fusions = cpu_compiler_options(name) or cpu_library_fusions(CPU_FUSIONS)
+    losses, logits = {}, {}
+    fused, logits[JAX_FUSED], losses[JAX_FUSED] = jax_candidates(
+        name, variables, images, labels, {**options, **fusions}, JAX_FUSED
+    )
+    ours += fused
+    theirs, torch_logits, torch_losses, error = torch_candidates(
         torch, source, images, labels, compile_=args.compile
     )
+    logits.update(torch_logits)
+    losses.update(torch_losses)
     scale = float(np.abs(jax_logits).max()) or 1.0
     rel = {k: float(np.abs(v - jax_logits).max()) / scale for k, v in logits.items()}
     candidates = {f"{c.framework} / {c.mode}": c for c in [*ours, *theirs]}
@@ -350,25 +375,52 @@ def _mib(x: float | None) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x / 2**20:,.0f}"
 
 
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference or not np.isfinite(value) or not np.isfinite(reference):
+        return "—"
+    return f"{value / reference:.2f}×"
+
+
 def timing_table(result: ModelResult) -> str:
-    """One row per framework × mode: time, noise, images/s, ratio to JAX, memory, first call."""
+    """One row per framework × mode: time, noise, images/s, time ratios to JAX and to PyTorch
+    eager, memory (and its ratio to PyTorch eager's), first call."""
     rows = []
     for key, c in result.candidates.items():
         t = result.timings[key]
         reference = result.timings[f"{JAX} / {c.mode}"].median
+        eager = result.candidates.get(f"{EAGER} / {c.mode}")
+        eager_time = result.timings[f"{EAGER} / {c.mode}"].median if eager else None
+        eager_peak = eager.peak_growth_bytes if eager else None
         rows.append(
             [
                 c.mode, c.framework, _ms(t.median), f"{t.spread:.0%}",
                 _rate(result.batch_size / t.median), f"{t.median / reference:.2f}×",
-                _mib(c.peak_growth_bytes), _mib(c.xla_bytes), f"{c.first_call_seconds:.1f}",
+                _ratio(t.median, eager_time), _mib(c.peak_growth_bytes),
+                _ratio(c.peak_growth_bytes, eager_peak), _mib(c.xla_bytes),
+                f"{c.first_call_seconds:.1f}",
             ]
         )  # fmt: skip
-    rows.sort(key=lambda r: (r[0] != EVAL, r[1] != JAX))
+    order = [JAX, JAX_FUSED, EAGER, COMPILED]
+    rows.sort(key=lambda r: (r[0] != EVAL, order.index(r[1]) if r[1] in order else len(order)))
     headers = [
         "mode", "framework", "median ms / batch", "IQR/median", "images/s", "time × JAX",
-        "peak RSS growth MiB", "XLA args+out+temp MiB", "first call s",
+        "time × PyTorch eager", "peak RSS growth MiB", "peak × PyTorch eager",
+        "XLA args+out+temp MiB", "first call s",
     ]  # fmt: skip
-    return _timing.markdown_table(headers, rows, align="ll" + "r" * 7)
+    return _timing.markdown_table(headers, rows, align="ll" + "r" * 9)
+
+
+def fusions_line(name: str) -> str:
+    """The model's CPU library fusions, as its registry entry names them."""
+    from asl_jax.models import MODELS
+
+    kinds = MODELS[name].cpu_fusions
+    if kinds:
+        return f"CPU fusions of {name}: " + ", ".join(f"`{k}`" for k in kinds)
+    return (
+        f"CPU fusions of {name}: none, it trains with XLA's default compilation; its "
+        f"'{JAX_FUSED}' rows use the other models' ({', '.join(CPU_FUSIONS)}) to show why"
+    )
 
 
 def agreement_line(result: ModelResult) -> str:
@@ -406,6 +458,9 @@ def render_markdown(results: Sequence[ModelResult], info: dict, command: str) ->
         "The same weights (a random PyTorch model converted with `from_torch`), the same "
         f"images and labels ({NUM_CLASSES} classes, float32, no input normalisation in either "
         "framework) in JAX (jit) and PyTorch (eager, and torch.compile when run), on the CPU. "
+        f"{JAX_FUSED}: the same JAX programs compiled with the model's XLA:CPU library fusions "
+        "(the `cpu_fusions` of its registry entry, as `xla_cpu_experimental_ynn_fusion_type`), "
+        "what training compiles on CPU devices by default (`model.cpu_fast_kernels`). "
         "Eval forward: logits of one batch. Training step: forward with batch statistics, "
         f"summed ASL (γ+ = {GAMMA_POS:g}, γ− = {GAMMA_NEG:g}, m = {CLIP:g}), backward, Adam "
         f"(lr {LEARNING_RATE:g}). All candidates of a model timed in the same process, "
@@ -424,6 +479,7 @@ def render_markdown(results: Sequence[ModelResult], info: dict, command: str) ->
             f"### {r.name}: {r.image_size} px, batch {r.batch_size}, {r.parameters / 1e6:.1f} M "
             f"parameters ({r.rounds} rounds)"
         )
+        parts.append(fusions_line(r.name))
         parts.append(timing_table(r))
         parts.append(agreement_line(r))
         if r.compile_error:
@@ -484,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
     results = []
     for name in args.models:
         result = run_model(name, args, torch)
+        print(fusions_line(name))
         print(timing_table(result))
         print(agreement_line(result))
         line = on_paper_line(result)

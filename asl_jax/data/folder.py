@@ -29,7 +29,8 @@ An image listed again with other labels, or in both train.csv and val.csv, is us
 with a warning (``source.duplicates``); listed twice with the same labels, it is used twice.
 
 Decoding: the check decodes every image once (in a thread pool; Pillow releases the GIL while
-decoding, and JPEGs are decoded at reduced scale with ``draft``). When the decoded split fits in
+decoding, and JPEGs are decoded at reduced scale: by libjpeg-turbo through ``simplejpeg`` when
+installed, otherwise with Pillow's ``draft``). When the decoded split fits in
 ``memory_limit_bytes`` the images stay in memory; otherwise they are decoded again per batch by
 the Grain pipeline of :mod:`asl_jax.data.pipeline`: in ``num_workers`` worker processes (0: in
 threads of the training process), batches prefetched, the iterator state checkpointable.
@@ -40,10 +41,13 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import dataclasses
+import functools
+import io
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -76,14 +80,17 @@ class FolderDataError(ValueError):
         self.problems = list(problems)
 
 
-def load_image(path: str, image_size: int) -> np.ndarray:
+def load_image(path: str | os.PathLike | BinaryIO, image_size: int) -> np.ndarray:
     """Reads an image file as uint8 RGB, squish-resized to ``image_size × image_size``.
 
     The same function serves training, evaluation and prediction, so a model sees identical
-    preprocessing everywhere.
+    preprocessing everywhere. JPEGs are decoded at a reduced scale (through the DCT) that is
+    still >= the target size: by libjpeg-turbo through ``simplejpeg`` when it is
+    installed (:func:`decode_jpeg_scaled`), otherwise, and for every other format, by Pillow
+    (:func:`load_image_with_pillow`); both then resize bilinearly with Pillow.
 
     Args:
-      path: an image file Pillow can read (JPEG, PNG, ...).
+      path: an image file (a path or a binary file object) Pillow can read (JPEG, PNG, ...).
       image_size: output side in pixels.
 
     Returns:
@@ -96,6 +103,19 @@ def load_image(path: str, image_size: int) -> np.ndarray:
       >>> load_image("photos/0001.jpg", 224).shape  # doctest: +SKIP
       (224, 224, 3)
     """
+    if isinstance(path, str | os.PathLike):
+        with open(path, "rb") as f:
+            data = f.read()
+    else:
+        data = path.read()
+    decoded = decode_jpeg_scaled(data, image_size)
+    if decoded is None:
+        return load_image_with_pillow(io.BytesIO(data), image_size)
+    return _resize(decoded, image_size)
+
+
+def load_image_with_pillow(path: str | os.PathLike | BinaryIO, image_size: int) -> np.ndarray:
+    """:func:`load_image` decoding with Pillow only (every format; JPEGs in draft mode)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
@@ -105,6 +125,91 @@ def load_image(path: str, image_size: int) -> np.ndarray:
         im = _to_rgb(im)
         im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
+
+
+@functools.cache
+def _simplejpeg() -> Any:
+    """The ``simplejpeg`` module (libjpeg-turbo), or None when it is not installed."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def decode_jpeg_scaled(data: bytes, image_size: int) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo at the smallest DCT scale whose sides are >= ``image_size``.
+
+    libjpeg-turbo scales by eighths (1/8, 1/4, 3/8, 1/2, ...), Pillow's draft mode by powers of
+    two only; the entropy decoding, the same at every scale, is most of the time of a
+    photo-sized JPEG, so both decode such images in about the same time.
+
+    Args:
+      data: the bytes of an image file.
+      image_size: the side the image will be resized to.
+
+    Returns:
+      uint8 RGB ``[h, w, 3]`` with ``h, w >= image_size`` (or the full size, when smaller); None
+      when this decoder does not handle the file and Pillow should: ``simplejpeg`` is not
+      installed, the file is not a JPEG, its EXIF orientation asks for a rotation, or
+      libjpeg-turbo reports a problem (Pillow then decides whether it is an error).
+    """
+    simplejpeg = _simplejpeg()
+    if simplejpeg is None or not simplejpeg.is_jpeg(data) or jpeg_orientation(data) != 1:
+        return None
+    try:
+        return simplejpeg.decode_jpeg(
+            data, "RGB", min_height=image_size, min_width=image_size, strict=True
+        )
+    except ValueError:
+        return None
+
+
+def _resize(image: np.ndarray, image_size: int) -> np.ndarray:
+    """Bilinear squish-resize of uint8 RGB ``image`` with Pillow (what the Pillow path does)."""
+    from PIL import Image
+
+    if image.shape[:2] == (image_size, image_size):
+        return image
+    im = Image.fromarray(image, "RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1…8) of a JPEG's APP1 segment; 1 (upright) when it has none.
+
+    Reads the markers up to the start of the scan, without decoding anything; a malformed
+    segment counts as no orientation (the decoder reports real damage).
+    """
+    position = 2  # after SOI
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:  # start of scan: no more metadata
+            break
+        segment = data[position + 4 : position + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\0\0"):
+            return _tiff_orientation(segment[6:])
+        position += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Tag 0x0112 of the first IFD of an EXIF TIFF block; 1 when absent or malformed."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+
+    def number(offset: int, size: int) -> int:
+        return int.from_bytes(tiff[offset : offset + size], order)
+
+    ifd = number(4, 4)
+    count = number(ifd, 2) if ifd + 2 <= len(tiff) else 0
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if number(entry, 2) == 0x0112:
+            value = number(entry + 8, 2)
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 def _to_rgb(im):

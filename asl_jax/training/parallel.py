@@ -118,16 +118,49 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     }
 
 
-def jit_train_step(step_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
-    """``jax.jit`` of ``step_fn(state, batch) -> (state, metrics)`` on ``mesh``, state donated."""
-    rep, dat = replicated_sharding(mesh), data_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=(0,))
+def on_cpu(mesh: Mesh) -> bool:
+    """Whether the mesh's devices are CPUs (the XLA:CPU options apply)."""
+    return mesh.devices.flat[0].platform == "cpu"
 
 
-def jit_eval_step(eval_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
-    """``jax.jit`` of ``eval_fn(state, batch) -> outputs``; outputs replicated on every host."""
+def jit_train_step(
+    step_fn: Callable[..., Any], mesh: Mesh, cpu_options: Mapping[str, Any] | None = None
+) -> Callable[..., Any]:
+    """``jax.jit`` of ``step_fn(state, batch) -> (state, metrics)`` on ``mesh``, state donated.
+
+    ``cpu_options``: XLA compiler options used when the mesh's devices are CPUs (ignored on
+    accelerators), e.g. :func:`asl_jax.models.cpu_compiler_options`.
+    """
     rep, dat = replicated_sharding(mesh), data_sharding(mesh)
-    return jax.jit(eval_fn, in_shardings=(rep, dat), out_shardings=rep)
+    return jax.jit(
+        step_fn,
+        in_shardings=(rep, dat),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+        compiler_options=_options_on(mesh, cpu_options),
+    )
+
+
+def jit_eval_step(
+    eval_fn: Callable[..., Any], mesh: Mesh, cpu_options: Mapping[str, Any] | None = None
+) -> Callable[..., Any]:
+    """``jax.jit`` of ``eval_fn(state, batch) -> outputs``; outputs replicated on every host.
+
+    ``cpu_options``: as for :func:`jit_train_step`.
+    """
+    rep, dat = replicated_sharding(mesh), data_sharding(mesh)
+    return jax.jit(
+        eval_fn,
+        in_shardings=(rep, dat),
+        out_shardings=rep,
+        compiler_options=_options_on(mesh, cpu_options),
+    )
+
+
+def _options_on(mesh: Mesh, cpu_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    # None, not {}: jax.jit's own default, so that programs without options are compiled
+    # exactly as before.
+    return dict(cpu_options) if cpu_options and on_cpu(mesh) else None
 
 
 def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
@@ -139,7 +172,5 @@ def jit_init(init_fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
     about 5× faster to compile (random initialisers unroll into many ops) for a run time that does
     not matter.
     """
-    options = None
-    if mesh.devices.flat[0].platform == "cpu":
-        options = FAST_COMPILE
+    options = _options_on(mesh, FAST_COMPILE)
     return jax.jit(init_fn, out_shardings=replicated_sharding(mesh), compiler_options=options)

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-from asl_jax.models import create_model, frozen_mask, torch_layout
+from asl_jax.models import cpu_compiler_options, create_model, frozen_mask, torch_layout
 from asl_jax.training import parallel
 from asl_jax.training.config import Config, program_key
 from asl_jax.training.optim import create_optimizer, create_schedule, freeze_for, head_mask
@@ -98,6 +98,10 @@ def build_programs(
         ),
         mesh,
     )
+    # On CPU devices the train step runs the model's matrix products, reductions and elementwise
+    # ops through XLA:CPU's kernel library (model.cpu_fast_kernels). The eval step keeps XLA's
+    # default: ResNet-50's forward was slower with them and took more memory (BENCHMARKS.md).
+    cpu_options = cpu_compiler_options(config.model.name) if config.model.cpu_fast_kernels else None
     train = parallel.jit_train_step(
         functools.partial(
             train_step,
@@ -108,6 +112,7 @@ def build_programs(
             steps_per_epoch=steps_per_epoch,
         ),
         mesh,
+        cpu_options,
     )
     eval_fn = parallel.jit_eval_step(eval_step, mesh)
     programs = Programs(model, tx, schedule, init, train, eval_fn)

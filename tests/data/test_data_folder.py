@@ -383,3 +383,70 @@ def test_images_listed_twice_with_other_labels_or_in_both_splits_are_warned(tmp_
     with caplog.at_level(logging.WARNING, logger="asl_jax.data.folder"):
         assert FolderSource(path, image_size=8).duplicates == []
     assert caplog.text == ""
+
+
+def _photo(width=96, height=64) -> Image.Image:
+    """Photo-like: smooth colour fields and a little noise."""
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = np.stack([np.sin(x / (5 + 2 * c)) * np.cos(y / (7 + c)) for c in range(3)], -1)
+    noise = np.random.default_rng(0).normal(0, 4, (height, width, 3))
+    return Image.fromarray(np.clip(smooth * 90 + 128 + noise, 0, 255).astype(np.uint8))
+
+
+def test_jpegs_decode_through_libjpeg_turbo_as_through_pillow(tmp_path):
+    pytest.importorskip("simplejpeg")
+    from asl_jax.data.folder import decode_jpeg_scaled, load_image_with_pillow
+
+    _write_images(tmp_path)
+    path = tmp_path / "photo.jpg"
+    _photo().save(path, quality=90)
+    decoded = decode_jpeg_scaled(path.read_bytes(), 24)
+    # libjpeg-turbo scales by eighths: 3/8 is the smallest scale whose sides are >= 24.
+    assert decoded is not None and decoded.shape == (24, 36, 3)
+    for name in ("photo.jpg", "img/red.jpg", "img/grey.jpg"):
+        turbo = load_image(str(tmp_path / name), 24).astype(int)
+        pillow = load_image_with_pillow(str(tmp_path / name), 24).astype(int)
+        assert np.abs(turbo - pillow).mean() < 2.0, name  # of 255 levels
+    assert decode_jpeg_scaled((tmp_path / "img" / "green.png").read_bytes(), 8) is None
+
+
+def test_without_simplejpeg_pillow_decodes_every_image(tmp_path, monkeypatch):
+    from asl_jax.data import folder
+
+    monkeypatch.setattr(folder, "_simplejpeg", lambda: None)
+    _write_images(tmp_path)
+    assert folder.decode_jpeg_scaled((tmp_path / "img" / "red.jpg").read_bytes(), 8) is None
+    red = load_image(str(tmp_path / "img" / "red.jpg"), 8)
+    assert np.array_equal(red, folder.load_image_with_pillow(str(tmp_path / "img" / "red.jpg"), 8))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_exif_orientation_is_read_and_rotated_jpegs_are_turned(tmp_path, orientation):
+    from asl_jax.data.folder import jpeg_orientation, load_image_with_pillow
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.jpg"
+    _photo().save(path, quality=90, exif=exif)
+    assert jpeg_orientation(path.read_bytes()) == orientation
+    image = load_image(str(path), 16)
+    assert np.array_equal(image, load_image_with_pillow(str(path), 16)) or orientation == 1
+    # Orientation 6 (turned 90°): the top-left pixel comes from the bottom-left of the file.
+    with Image.open(path) as im:
+        stored = np.asarray(im.convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+    upright = stored if orientation == 1 else np.rot90(stored, -1)
+    assert np.abs(image.astype(int) - upright).mean() < 4
+
+
+def test_cmyk_and_malformed_jpegs(tmp_path):
+    from asl_jax.data.folder import jpeg_orientation
+
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(path)
+    assert np.abs(load_image(str(path), 8).astype(int) - RED).max() < 8
+    assert jpeg_orientation(b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM\x00") == 1  # truncated
+    truncated = tmp_path / "truncated.jpg"
+    _photo().save(truncated, quality=90)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(OSError):
+        load_image(str(truncated), 8)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from asl_jax.data import BatchRequest
-from asl_jax.data.folder import FolderSource, load_image
+from asl_jax.data.folder import FolderSource, load_image, load_image_with_pillow
 from asl_jax.data.pipeline import ImageReadError
 
 KW = dict(batch_size=4, seed=3, shuffle=True, drop_remainder=True)
@@ -130,8 +130,10 @@ def test_a_corrupt_image_names_the_file_and_does_not_hang(tmp_path, folder, num_
 
 
 @pytest.mark.parametrize("size", [224, 448])
-def test_draft_decoding_stays_close_to_the_full_decode(tmp_path, size):
-    """JPEG draft mode (DCT scaling to >= the target) vs decoding at full size, both resized."""
+@pytest.mark.parametrize("load", [load_image, load_image_with_pillow])
+def test_draft_decoding_stays_close_to_the_full_decode(tmp_path, size, load):
+    """JPEG draft mode (DCT scaling to >= the target) vs decoding at full size, both resized;
+    through libjpeg-turbo (``simplejpeg``, when installed) and through Pillow."""
     y, x = np.mgrid[0:480, 0:640]
     rng = np.random.default_rng(1)
     smooth = np.stack([np.sin(x / (15 + 5 * c)) * np.cos(y / (21 + 3 * c)) for c in range(3)], -1)
@@ -140,7 +142,7 @@ def test_draft_decoding_stays_close_to_the_full_decode(tmp_path, size):
     Image.fromarray(photo.astype(np.uint8)).save(path, quality=90)
     with Image.open(path) as im:  # no draft: every pixel decoded
         full = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-    draft = load_image(str(path), size)
+    draft = load(str(path), size)
     error = np.abs(draft.astype(np.float64) - full).mean()
     assert error < 2.0, error  # of 255 levels; measured 0.84 at 224 px, 0 at 448 (no scaling)
 
