@@ -285,7 +285,10 @@ def test_array_record_rows_equal_the_tf_data_rows(prepared, name, split):
     if name == "coco2017":  # images without objects are all-negative examples
         assert (ar_rows["labels"][ar_rows["mask"]].sum(1) == 0).any()
     ar, tf = (rows["image"].astype(int) for rows in (ar_rows, tf_rows))
-    assert np.abs(ar[..., 0] - tf[..., 0]).max() <= 3  # the constant channel: the row's id
+    # The constant channel is the row's id (ids 10 apart): libjpeg-turbo's scaled decode (the
+    # folder decoder, when simplejpeg is installed) and TensorFlow's full decode differ by up to
+    # 4 levels on it, less than half the spacing.
+    assert np.abs(ar[..., 0] - tf[..., 0]).max() <= 4
     assert np.abs(ar - tf).mean() <= 8  # the gradients: the resize kernels differ a little
 
 
