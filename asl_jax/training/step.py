@@ -221,6 +221,34 @@ def _next_gamma_neg(loss: LossConfig, gamma_neg: jax.Array, delta_p: jax.Array) 
     )
 
 
+def _ema_update(
+    state: TrainState, params: Any, batch_stats: Any, ema_decay: float
+) -> tuple[Any, Any]:
+    """The EMA of the parameters and of the batch-norm statistics after this step's update."""
+    decay = ema_decay_at(ema_decay, state.step - state.num_skipped)
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
+    # Constants (ML-Decoder's queries) stay exact: the EMA of equal values rounds.
+    ema_params = jax.tree.map(
+        lambda frozen, p, e: p if frozen else e, frozen_mask(params), params, ema_params
+    )
+    ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
+    return ema_params, ema_batch_stats
+
+
+def _advance(state: TrainState, updated: dict[str, Any], finite: jax.Array) -> TrainState:
+    """The next state: ``updated`` fields when the step was finite (else the current ones), and
+    the step and skip counters."""
+    current = {name: getattr(state, name) for name in updated}
+    return state.replace(
+        **_select(finite, updated, current),
+        step=state.step + 1,
+        num_skipped=state.num_skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(
+            jnp.int32
+        ),
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -281,13 +309,7 @@ def train_step(
 
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    decay = ema_decay_at(ema_decay, state.step - state.num_skipped)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - decay)
-    # Constants (ML-Decoder's queries) stay exact: the EMA of equal values rounds.
-    ema_params = jax.tree.map(
-        lambda frozen, p, e: p if frozen else e, frozen_mask(params), params, ema_params
-    )
-    ema_batch_stats = optax.incremental_update(batch_stats, state.ema_batch_stats, 1.0 - decay)
+    ema_params, ema_batch_stats = _ema_update(state, params, batch_stats, ema_decay)
     new_gamma_neg = (
         _next_gamma_neg(loss, state.gamma_neg, stats.delta_p) if loss.adaptive else state.gamma_neg
     )
@@ -304,15 +326,7 @@ def train_step(
         updated["class_prior"] = update_class_prior(
             state.class_prior, logits, decay=loss.prior_decay, where=labels.rows[:, 0]
         )
-    current = {name: getattr(state, name) for name in updated}
-    new_state = state.replace(
-        **_select(finite, updated, current),
-        step=state.step + 1,
-        num_skipped=state.num_skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
-        consecutive_nonfinite=jnp.where(finite, 0, state.consecutive_nonfinite + 1).astype(
-            jnp.int32
-        ),
-    )
+    new_state = _advance(state, updated, finite)
     # The optimizer's own step count: skipped steps did not advance it.
     lr = schedule(state.step - state.num_skipped) if schedule is not None else jnp.nan
     metrics = {
